@@ -1,0 +1,1 @@
+"""Procedural data streams: jittable functions of (key or seed, step), no files."""

@@ -1,0 +1,51 @@
+"""A small fully convolutional U-Net (Ronneberger et al., MICCAI 2015)."""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class ConvBlock(nn.Module):
+  """Two 3×3 convolutions, each followed by GroupNorm and GELU."""
+
+  features: int
+  groups: int = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for _ in range(2):
+      x = nn.Conv(self.features, (3, 3))(x)
+      x = nn.GroupNorm(num_groups=min(self.groups, self.features))(x)
+      x = nn.gelu(x)
+    return x
+
+
+class UNet(nn.Module):
+  """Encoder–decoder with skip connections; maps `(B, H, W, C)` to `(B, H, W, out_channels)`.
+
+  `features[i]` is the width at resolution level i; H and W must be divisible
+  by 2^(len(features) − 1).
+  """
+
+  features: Sequence[int] = (16, 32, 64)
+  out_channels: int = 2
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    factor = 2 ** (len(self.features) - 1)
+    if x.ndim != 4 or x.shape[1] % factor or x.shape[2] % factor:
+      raise ValueError(
+          f"UNet with {len(self.features)} levels needs input (B, H, W, C) with H and W "
+          f"divisible by {factor}, got {x.shape}.")
+    skips = []
+    for features in self.features[:-1]:
+      x = ConvBlock(features)(x)
+      skips.append(x)
+      x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = ConvBlock(self.features[-1])(x)
+    for features, skip in zip(reversed(self.features[:-1]), reversed(skips)):
+      x = nn.ConvTranspose(features, (2, 2), strides=(2, 2))(x)
+      x = ConvBlock(features)(jnp.concatenate([x, skip], axis=-1))
+    return nn.Conv(self.out_channels, (1, 1))(x)

@@ -1,0 +1,236 @@
+"""Tests of losses/angular.py against a float64 per-pixel loop written from the definition."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.test_util import check_grads
+import numpy as np
+import pytest
+
+import losses
+
+
+def reference_angle(t, p) -> float:
+  """θ = |wrap(β − α)| from the two angles, in Python floats (float64)."""
+  difference = (math.atan2(p[1], p[0]) - math.atan2(t[1], t[0])) % (2 * math.pi)
+  return min(difference, 2 * math.pi - difference)
+
+
+def reference_loss(y_true, y_pred, delta, mask, reduction):
+  y_true = np.asarray(y_true, np.float64).reshape(-1, 2)
+  y_pred = np.asarray(y_pred, np.float64).reshape(-1, 2)
+  weights = np.ones(len(y_true)) if mask is None else np.asarray(mask, np.float64).reshape(-1)
+  per_pixel = np.zeros(len(y_true))
+  for i in range(len(y_true)):
+    if weights[i] > 0:
+      per_pixel[i] = weights[i] * reference_angle(y_true[i], y_pred[i]) ** (1 + delta)
+  if reduction == "none":
+    return per_pixel
+  if reduction == "sum":
+    return per_pixel.sum()
+  return per_pixel.sum() / weights.sum() if weights.sum() > 0 else 0.0
+
+
+def random_vectors(key, shape):
+  """Random directions with lengths spread over four decades."""
+  angle_key, length_key = jax.random.split(key)
+  angle = jax.random.uniform(angle_key, shape, minval=-jnp.pi, maxval=jnp.pi)
+  length = 10.0 ** jax.random.uniform(length_key, shape, minval=-2, maxval=2)
+  return length[..., None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=-1)
+
+
+def unit(angle_deg):
+  angle = np.radians(angle_deg)
+  return jnp.array([np.cos(angle), np.sin(angle)], jnp.float32)
+
+
+@pytest.mark.parametrize("delta", [0.0, 0.2, 0.7])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_matches_float64_loop_reference(delta, reduction, masked):
+  keys = jax.random.split(jax.random.key(int(delta * 10) + 3 * masked), 3)
+  y_true = random_vectors(keys[0], (2, 5, 7))
+  y_pred = random_vectors(keys[1], (2, 5, 7))
+  mask = jax.random.bernoulli(keys[2], 0.7, (2, 5, 7)) if masked else None
+  result = losses.angular_loss(y_true, y_pred, delta=delta, mask=mask, reduction=reduction)
+  expected = reference_loss(y_true, y_pred, delta, mask, reduction)
+  np.testing.assert_allclose(np.ravel(result), np.ravel(expected), rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("difference_deg, expected_deg", [
+    (0.0, 0.0), (30.0, 30.0), (-30.0, 30.0), (90.0, 90.0), (120.0, 120.0), (-150.0, 150.0),
+    (179.9, 179.9), (180.0, 180.0), (270.0, 90.0), (359.0, 1.0),
+])
+def test_special_angles(difference_deg, expected_deg):
+  for base_deg in (0.0, 77.0, -135.0):
+    theta = losses.angular_distance(unit(base_deg), unit(base_deg + difference_deg))
+    np.testing.assert_allclose(np.degrees(theta), expected_deg, atol=1e-4)
+
+
+def test_errors_above_90_degrees_are_measured_and_corrected():
+  """The clipped-arccos version reads every error above 90° as 90° with zero gradient."""
+  y_true = unit(0.0)[None]
+  for error_deg in (100.0, 150.0, 179.0):
+    y_pred = unit(error_deg)[None]
+    value = losses.angular_loss(y_true, y_pred)
+    np.testing.assert_allclose(value, np.radians(error_deg) ** 1.2, rtol=1e-5)
+    gradient = jax.grad(lambda p: losses.angular_loss(y_true, p))(y_pred)
+    step = y_pred - 0.01 * gradient
+    assert losses.angular_loss(y_true, step) < value
+
+
+def test_gradient_wrt_predicted_angle_is_analytic():
+  delta, alpha = 0.2, 0.3
+  y_true = jnp.array([math.cos(alpha), math.sin(alpha)])
+
+  def loss_of_beta(beta, length):
+    return losses.angular_loss(y_true, length * jnp.stack([jnp.cos(beta), jnp.sin(beta)]), delta=delta)
+
+  for beta in np.linspace(-np.pi + 0.05, np.pi - 0.05, 37):
+    wrapped = (beta - alpha + np.pi) % (2 * np.pi) - np.pi
+    theta = abs(wrapped)
+    expected = (1 + delta) * theta**delta * np.sign(wrapped)
+    for length in (0.1, 1.0, 7.0):
+      np.testing.assert_allclose(jax.grad(loss_of_beta)(beta, length), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_gradients_match_finite_differences_in_float64():
+  with jax.enable_x64(True):
+    keys = jax.random.split(jax.random.key(7))
+    y_true = random_vectors(keys[0], (3, 4)).astype(jnp.float64)
+    y_pred = random_vectors(keys[1], (3, 4)).astype(jnp.float64)
+    theta = losses.angular_distance(y_true, y_pred)
+    assert theta.dtype == jnp.float64
+    assert 0.01 < theta.min() and theta.max() < np.pi - 0.01  # Away from the kinks.
+    for reduction in ("mean", "none"):
+      fn = lambda t, p, r=reduction: jnp.sum(losses.angular_loss(t, p, reduction=r) ** 2)
+      check_grads(fn, (y_true, y_pred), order=2, modes=("fwd", "rev"), eps=1e-6, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, y_true, y_pred", [
+    ("theta = 0", [1.0, 0.0], [2.0, 0.0]),
+    ("theta = pi", [1.0, 0.0], [-3.0, 0.0]),
+    ("zero prediction", [0.6, 0.8], [0.0, 0.0]),
+    ("zero target", [0.0, 0.0], [0.6, 0.8]),
+    ("tiny prediction", [0.6, 0.8], [1e-30, -1e-30]),
+])
+def test_value_and_gradient_finite_at_singular_points(name, y_true, y_pred):
+  y_true, y_pred = jnp.array([y_true]), jnp.array([y_pred])
+  value, grads = jax.value_and_grad(losses.angular_loss, argnums=(0, 1))(y_true, y_pred)
+  assert np.isfinite(value), name
+  assert all(np.isfinite(g).all() for g in grads), name
+  # θ itself is twice differentiable everywhere we define it; θ^(1+δ) has
+  # unbounded curvature at θ = 0 for δ < 1, so only δ = 1 is checked there.
+  hessian = jax.hessian(losses.angular_distance, argnums=1)(y_true, y_pred)
+  assert np.isfinite(hessian).all(), name
+  hessian = jax.hessian(lambda t, p: losses.angular_loss(t, p, delta=1.0), argnums=1)(y_true, y_pred)
+  assert np.isfinite(hessian).all(), name
+
+
+def test_gradient_vanishes_at_the_optimum():
+  y_true = unit(40.0)[None]
+  # Scaling by 2 is exact, so the vectors are exactly parallel (θ = 0, not ~1e-8,
+  # where the true gradient (1+δ)·θ^δ is still ~0.03).
+  gradient = jax.grad(lambda p: losses.angular_loss(y_true, p))(2.0 * y_true)
+  np.testing.assert_array_equal(gradient, 0.0)
+
+
+def test_invariant_to_vector_lengths():
+  keys = jax.random.split(jax.random.key(1))
+  y_true = random_vectors(keys[0], (64,))
+  y_pred = random_vectors(keys[1], (64,))
+  base = losses.angular_loss(y_true, y_pred, reduction="none")
+  for scale in (1e-3, 0.5, 40.0, 1e3):
+    np.testing.assert_allclose(losses.angular_loss(scale * y_true, y_pred, reduction="none"), base, rtol=1e-5)
+    np.testing.assert_allclose(losses.angular_loss(y_true, scale * y_pred, reduction="none"), base, rtol=1e-5)
+  # The gradient is tangent to the prediction: inflating |pred| cannot lower the loss.
+  gradient = jax.grad(lambda p: losses.angular_loss(y_true, p))(y_pred)
+  np.testing.assert_allclose(jnp.sum(gradient * y_pred, axis=-1), 0.0, atol=1e-6)
+
+
+def test_float32_resolves_a_hundredth_of_a_degree():
+  for base_deg in (0.0, 33.0, 210.0):
+    for error_deg in (0.01, 0.02, 0.05):
+      theta = losses.angular_distance(unit(base_deg), unit(base_deg + error_deg))
+      assert theta.dtype == jnp.float32
+      np.testing.assert_allclose(np.degrees(theta), error_deg, rtol=0.02)
+
+
+def test_bfloat16_inputs_are_computed_in_float32():
+  keys = jax.random.split(jax.random.key(2))
+  y_true = random_vectors(keys[0], (8, 8)).astype(jnp.bfloat16)
+  y_pred = random_vectors(keys[1], (8, 8)).astype(jnp.bfloat16)
+  value = losses.angular_loss(y_true, y_pred)
+  assert value.dtype == jnp.float32
+  expected = losses.angular_loss(y_true.astype(jnp.float32), y_pred.astype(jnp.float32))
+  np.testing.assert_allclose(value, expected, rtol=1e-6)
+  gradient = jax.grad(lambda p: losses.angular_loss(y_true, p))(y_pred)
+  assert gradient.dtype == jnp.bfloat16 and np.isfinite(gradient.astype(jnp.float32)).all()
+
+
+def test_jit_vmap_and_eager_agree():
+  keys = jax.random.split(jax.random.key(3), 3)
+  y_true = random_vectors(keys[0], (4, 6, 6))
+  y_pred = random_vectors(keys[1], (4, 6, 6))
+  mask = jax.random.bernoulli(keys[2], 0.8, (4, 6, 6))
+  fn = lambda t, p, m: losses.angular_loss(t, p, mask=m, reduction="sum")
+  eager = jnp.stack([fn(y_true[i], y_pred[i], mask[i]) for i in range(4)])
+  np.testing.assert_allclose(jax.jit(jax.vmap(fn))(y_true, y_pred, mask), eager, rtol=1e-6)
+  np.testing.assert_allclose(jax.vmap(fn)(y_true, y_pred, mask), eager, rtol=1e-6)
+  grad_fn = jax.grad(lambda p: fn(y_true, p, mask))
+  np.testing.assert_allclose(jax.jit(grad_fn)(y_pred), grad_fn(y_pred), rtol=1e-5, atol=1e-7)
+
+
+def test_mask_excludes_pixels_from_value_and_gradient():
+  keys = jax.random.split(jax.random.key(4), 2)
+  y_true = random_vectors(keys[0], (10,))
+  y_pred = random_vectors(keys[1], (10,))
+  mask = jnp.arange(10) < 4
+  value, gradient = jax.value_and_grad(lambda p: losses.angular_loss(y_true, p, mask=mask))(y_pred)
+  np.testing.assert_allclose(value, losses.angular_loss(y_true[:4], y_pred[:4]), rtol=1e-6)
+  np.testing.assert_array_equal(gradient[4:], 0.0)
+  per_pixel = losses.angular_loss(y_true, y_pred, mask=mask, reduction="none")
+  assert per_pixel.shape == (10,)
+  np.testing.assert_array_equal(per_pixel[4:], 0.0)
+  nothing = jnp.zeros(10, bool)
+  empty, empty_gradient = jax.value_and_grad(lambda p: losses.angular_loss(y_true, p, mask=nothing))(y_pred)
+  assert empty == 0.0 and not np.any(empty_gradient)
+
+
+@pytest.mark.parametrize("y_true_shape, y_pred_shape, words", [
+    ((4, 2), (4, 3), ["y_true", "y_pred", "(4, 2)", "(4, 3)"]),
+    ((4, 3), (4, 3), ["y_true", "(4, 3)", "(..., 2)"]),
+    ((2, 8, 8, 2), (2, 8, 7, 2), ["y_true", "y_pred", "(2, 8, 8, 2)", "(2, 8, 7, 2)"]),
+    ((), (), ["y_true", "(..., 2)"]),
+])
+def test_bad_shapes_name_the_arguments(y_true_shape, y_pred_shape, words):
+  with pytest.raises(AssertionError) as error:
+    losses.angular_loss(jnp.ones(y_true_shape), jnp.ones(y_pred_shape))
+  for word in words:
+    assert word in str(error.value)
+
+
+def test_bad_options_and_dtypes_raise_clear_errors():
+  y = jnp.ones((3, 2))
+  with pytest.raises(AssertionError, match="mask"):
+    losses.angular_loss(y, y, mask=jnp.ones(4))
+  with pytest.raises(TypeError, match="y_pred"):
+    losses.angular_loss(y, jnp.ones((3, 2), jnp.int32))
+  with pytest.raises(ValueError, match="reduction"):
+    losses.angular_loss(y, y, reduction="avg")
+  with pytest.raises(ValueError, match="delta"):
+    losses.angular_loss(y, y, delta=-0.5)
+
+
+def test_orientation_encoding_round_trip_and_axial_metrics():
+  theta = jnp.linspace(0.0, jnp.pi, 50, endpoint=False)
+  np.testing.assert_allclose(losses.decode_orientation(losses.encode_orientation(theta, axial=True), axial=True),
+                             theta, atol=1e-5)
+  # 10° and 175° are 15° apart as orientations (period 180°).
+  truth = losses.encode_orientation(jnp.radians(jnp.array([10.0, 10.0])), axial=True)
+  prediction = losses.encode_orientation(jnp.radians(jnp.array([175.0, 12.0])), axial=True)
+  metrics = losses.orientation_metrics(truth, prediction, axial=True)
+  np.testing.assert_allclose(metrics["mean_abs_error_deg"], (15.0 + 2.0) / 2, rtol=1e-4)
+  np.testing.assert_allclose(metrics["within_5deg"], 0.5)
+  np.testing.assert_allclose(metrics["within_10deg"], 0.5)
