@@ -172,6 +172,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
   checkpoints.wait_until_finished()
   checkpoints.close()
+  if not eval_metrics:  # Restarted after the last step: nothing ran, report the final state.
+    eval_metrics = task.evaluate(state.params, state.task_state)
   writer.close()
   if jax.process_index() == 0:
     for path in task.write_figures(state.params, state.task_state, workdir):

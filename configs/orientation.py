@@ -34,7 +34,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.eval.batch_size = 64
   config.eval.noisy_threshold = 0.5  # Images with noise_std above this form the "noisy" split.
 
-  config.num_train_steps = 1500
+  config.num_train_steps = 1300
   config.batch_size = 16
   config.optimizer.learning_rate = 3e-3
   config.eval_every_steps = 500
@@ -44,7 +44,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.image_size = 128
     config.model.features = (32, 64, 128, 256)
     config.batch_size = 64
-    config.num_train_steps = 15000
+    config.num_train_steps = 13000
     config.optimizer.learning_rate = 1e-3
     config.eval.num_examples = 1024
     config.eval_every_steps = 2000

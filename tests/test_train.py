@@ -12,7 +12,9 @@ import pytest
 
 import tasks
 import train
+from configs import multitask
 from configs import orientation
+from configs import propel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,8 +74,9 @@ def test_resume_continues_at_the_right_step_and_matches_an_uninterrupted_run(tmp
 def test_same_seed_same_result_and_other_seed_differs(tmp_path):
   run = lambda name, seed: train.train_and_evaluate(
       tiny_orientation_config(num_train_steps=2, seed=seed), str(tmp_path / name))
-  assert run("a", 0) == run("b", 0)
-  assert run("c", 1) != run("a2", 0)
+  first = run("a", 0)
+  assert run("b", 0) == first
+  assert run("c", 1) != first
 
 
 def test_unknown_task_and_bad_options_are_clear_errors(tmp_path):
@@ -96,9 +99,40 @@ def test_command_line_rejects_a_misspelled_override(tmp_path):
   assert "Did you mean" in result.stderr and "num_train_steps" in result.stderr
 
 
-@pytest.mark.parametrize("variant", ["", "full"])
-def test_configs_have_the_loop_fields(variant):
-  config = orientation.get_config(variant)
+@pytest.mark.parametrize("config", [orientation.get_config(), orientation.get_config("full"),
+                                    propel.get_config(), multitask.get_config()])
+def test_configs_have_the_loop_fields(config):
   for field in ("task", "num_train_steps", "batch_size", "seed", "optimizer", "schedule"):
     assert field in config
-  assert config.image_size % 2 ** (len(config.model.features) - 1) == 0
+  assert config.task in tasks.available()
+
+
+def tiny_run_settings(**overrides):
+  return dict(num_train_steps=2, batch_size=4, log_every_steps=1, eval_every_steps=100,
+              checkpoint_every_steps=100, progress_bar=False, **overrides)
+
+
+@pytest.mark.parametrize("loss", ["propel", "mdn", "mse"])
+def test_propel_experiment_runs_a_few_steps(tmp_path, loss):
+  config = propel.get_config()
+  config.update(tiny_run_settings(loss=loss, canvas_size=16, digit_size=12.0))
+  config.model.features, config.model.hidden = (4,), 8
+  config.eval.angles_per_digit = 1
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert 0 <= metrics["ambiguous/mean_error_deg"] <= 180
+  assert ("nll" in metrics) == (loss != "mse")
+  assert os.path.exists(tmp_path / "propel_mixtures.png")
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "trainable", "uncertainty", "dwa"])
+def test_multitask_experiment_runs_a_few_steps(tmp_path, weighting):
+  config = multitask.get_config()
+  config.update(tiny_run_settings(weighting=weighting, canvas_size=16, min_digit_size=8.0, max_digit_size=10.0,
+                                  dwa_period=1))
+  config.model.features = (4, 4)
+  config.eval.num_examples = 16
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert 0 <= metrics["iou"] <= 1 and 0 <= metrics["accuracy"] <= 1
+  records = [l for l in read_metrics(tmp_path) if l["split"] == "train"]
+  assert all(np.isfinite(r["weighted_loss_localization"]) for r in records)
+  assert os.path.exists(tmp_path / "multitask_weights.png")

@@ -1,0 +1,169 @@
+"""Semi-convolutional instance embeddings and the Airbus Ship Detection F2 metric.
+
+**Loss.** Semi-convolutional operators (Novotny, Albanie, Larlus, Vedaldi,
+"Semi-convolutional Operators for Instance Segmentation", ECCV 2018,
+arXiv 1807.10712) mix a convolutional embedding Φ_u with the pixel position
+u, e.g. Ψ_u = Φ_u + u, so that the pixels of two identical-looking instances
+can still agree on different points. Their loss (eq. 5) pulls the embeddings
+of each instance S to the instance mean,
+
+    L = Σ_S (1/|S|) Σ_{u∈S} ‖Ψ_u − mean_{v∈S} Ψ_v‖,
+
+summed over the instances of an image (background excluded), then averaged
+(or summed) over images. Numerical and memory choices, each fixing the
+circulating TensorFlow version:
+
+* per-instance sums are segment sums over the pixels (`jax.ops.segment_sum`
+  with `max_instances + 1` segments), so memory is O(B·H·W·C + B·K·C) and
+  does not grow with the number of instances — no one-hot tensor of shape
+  (B, K, H, W, C);
+* every id 1…`max_instances` is an instance (a one-hot of depth max(label)
+  drops the highest one); the background id is excluded and its pixels get
+  exactly zero gradient (treating it as an instance lets its pull dominate);
+* the norm has a zero gradient at 0 (all pixels of an instance coincide),
+  where autodiff of sqrt gives NaN; missing ids and empty images add 0.
+
+**Metric.** `f2_iou_score` is the Kaggle Airbus Ship Detection score: per
+image and IoU threshold t ∈ {0.5, 0.55, …, 0.95}, TP = true objects matched
+by a prediction with IoU > t, FN = unmatched true objects, FP = unmatched
+predictions, F2 = 5·TP/(5·TP + 4·FN + FP); averaged over thresholds, then
+over images. An image with neither true nor predicted objects scores 1, one
+with only one side empty 0. IoUs come from the contingency table (joint
+histogram) of compacted label pairs, O(H·W + K_true·K_pred) per image. For
+t ≥ 0.5 an object can match at most one other (two IoUs > 0.5 would need
+overlapping masks), so matching is counting.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from losses import _common
+
+AIRBUS_THRESHOLDS = tuple(0.5 + 0.05 * i for i in range(10))
+
+
+def _check_labels(labels: chex.Array, name: str, max_id: int) -> chex.Array:
+  labels = jnp.asarray(labels)
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(f"`{name}` must be an integer label map, got dtype {labels.dtype}.")
+  chex.assert_rank(labels, 3, custom_message=f"`{name}` {labels.shape} must have shape (B, H, W)")
+  if not isinstance(labels, jax.core.Tracer) and labels.size:
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high > max_id:
+      raise ValueError(f"`{name}` must hold ids in [0, {max_id}], found [{low}, {high}]; raise the id limit.")
+  return labels
+
+
+def _safe_norm(x: chex.Array) -> chex.Array:
+  """‖x‖ over the last axis with gradient 0 (not NaN) at x = 0."""
+  squared = jnp.sum(x * x, axis=-1)
+  positive = squared > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
+def semi_conv_loss(
+    labels: chex.Array,
+    embeddings: chex.Array,
+    *,
+    max_instances: int,
+    background: int = 0,
+    reduction: str = "mean",
+) -> chex.Array:
+  """Novotny et al.'s instance loss: per image, Σ_instances mean ‖Ψ_u − instance mean‖.
+
+  Args:
+    labels: `(B, H, W)` integer instance ids in [0, `max_instances`];
+      `background` marks pixels of no instance. Outside `jax.jit` an id out
+      of range is a `ValueError`; inside jit such pixels are ignored like
+      background (they cannot be checked without a host round trip).
+    embeddings: `(B, H, W, C)` semi-convolutional embeddings Ψ (e.g. from
+      `models.SemiConvolution`).
+    max_instances: static largest id; sets the number of segments.
+    background: the id excluded from the loss.
+    reduction: "mean" or "sum" over images, or "none" for `(B,)`.
+
+  Returns:
+    A scalar, or `(B,)` for `reduction="none"`.
+  """
+  _common.check_reduction(reduction)
+  labels = _check_labels(labels, "labels", max_instances)
+  embeddings = _common.as_float(embeddings, "embeddings")
+  chex.assert_rank(embeddings, 4, custom_message=f"`embeddings` {embeddings.shape} must have shape (B, H, W, C)")
+  chex.assert_equal_shape_prefix(
+      [labels, embeddings], 3,
+      custom_message=f"`labels` {labels.shape} and `embeddings` {embeddings.shape} must share (B, H, W)")
+  num_segments = max_instances + 1
+
+  def per_image(ids, psi):
+    ids, psi = ids.reshape(-1), psi.reshape(-1, psi.shape[-1])
+    valid = (ids != background) & (ids >= 0) & (ids <= max_instances)
+    ids = jnp.where(valid, ids, background)
+    counts = jax.ops.segment_sum(valid.astype(psi.dtype), ids, num_segments)
+    means = jax.ops.segment_sum(psi, ids, num_segments) / jnp.maximum(counts, 1.0)[:, None]
+    distances = jnp.where(valid, _safe_norm(psi - means[ids]), 0.0)
+    mean_distance = jax.ops.segment_sum(distances, ids, num_segments) / jnp.maximum(counts, 1.0)
+    return jnp.sum(mean_distance)
+
+  return _common.reduce_masked(jax.vmap(per_image)(labels, embeddings), None, reduction)
+
+
+def _compact_ids(labels: chex.Array, max_objects: int) -> chex.Array:
+  """Maps the ids of one image to 0 (background) and 1…n in sorted order, n ≤ `max_objects`."""
+  present = jnp.unique(labels, size=max_objects + 1, fill_value=jnp.iinfo(labels.dtype).max)
+  compact = jnp.searchsorted(present, labels)
+  # Background (0) is the smallest id if present; shift so that it maps to 0 either way.
+  return jnp.where(labels == 0, 0, jnp.minimum(compact + (present[0] != 0), max_objects))
+
+
+def _iou_matrix(true_ids: chex.Array, pred_ids: chex.Array, max_objects: int):
+  """IoUs `(K, K)` between compacted true and predicted objects, and which objects exist."""
+  size = max_objects + 1
+  table = jax.ops.segment_sum(jnp.ones(true_ids.size, jnp.float32), (true_ids * size + pred_ids).reshape(-1),
+                              size * size).reshape(size, size)
+  true_area, pred_area = table.sum(axis=1)[1:], table.sum(axis=0)[1:]
+  intersection = table[1:, 1:]
+  union = true_area[:, None] + pred_area[None, :] - intersection
+  return intersection / jnp.maximum(union, 1.0), true_area > 0, pred_area > 0
+
+
+def f2_iou_score(
+    true_labels: chex.Array, pred_labels: chex.Array, *, max_objects: int = 64,
+    thresholds=AIRBUS_THRESHOLDS, reduction: str = "mean") -> chex.Array:
+  """Airbus Ship Detection F2 score averaged over IoU thresholds (see module docstring).
+
+  Args:
+    true_labels: `(B, H, W)` integer instance ids ≥ 0, any values; 0 is
+      background.
+    pred_labels: `(B, H, W)` predicted ids, same conventions.
+    max_objects: static bound on the objects per image on each side (the
+      table is (max_objects + 1)²); checked outside jit, and inside jit the
+      objects beyond it are merged.
+    thresholds: the IoU thresholds.
+    reduction: "mean" over images, "sum", or "none" for `(B,)`.
+  """
+  _common.check_reduction(reduction)
+  true_labels = _check_labels(true_labels, "true_labels", np.iinfo(np.int32).max)
+  pred_labels = _check_labels(pred_labels, "pred_labels", np.iinfo(np.int32).max)
+  chex.assert_equal_shape([true_labels, pred_labels], custom_message=(
+      f"`true_labels` {true_labels.shape} and `pred_labels` {pred_labels.shape} must have the same shape"))
+  for name, labels in (("true_labels", true_labels), ("pred_labels", pred_labels)):
+    if not isinstance(labels, jax.core.Tracer):
+      most = max((len(np.unique(np.asarray(image)[np.asarray(image) != 0])) for image in labels), default=0)
+      if most > max_objects:
+        raise ValueError(f"`{name}` has an image with {most} objects, more than `max_objects`={max_objects}.")
+  thresholds = jnp.asarray(thresholds, jnp.float32)
+
+  def per_image(true_ids, pred_ids):
+    iou, true_exists, pred_exists = _iou_matrix(
+        _compact_ids(true_ids, max_objects), _compact_ids(pred_ids, max_objects), max_objects)
+    matched = iou[None] > thresholds[:, None, None]  # (T, K, K)
+    true_positives = jnp.sum(jnp.any(matched, axis=2) & true_exists, axis=1)
+    false_negatives = jnp.sum(true_exists) - true_positives
+    false_positives = jnp.sum(~jnp.any(matched, axis=1) & pred_exists, axis=1)
+    denominator = 5 * true_positives + 4 * false_negatives + false_positives
+    f2 = jnp.where(denominator > 0, 5 * true_positives / jnp.maximum(denominator, 1), 1.0)
+    return jnp.mean(f2)
+
+  return _common.reduce_masked(jax.vmap(per_image)(true_labels, pred_labels), None, reduction)

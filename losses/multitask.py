@@ -1,0 +1,251 @@
+"""Weighting the losses of several task heads: a trainable α and the published peers.
+
+A model with one input and heads of different output shapes (a per-pixel map
+and a class vector, say) is trained on one scalar. Each head reduces its own
+output shape to a loss first; the functions here combine the task losses.
+
+**Trainable α** (`trainable_alpha_loss`). The rule circulating as a Keras
+custom layer, written with sg = stop_gradient:
+
+    alpha_loss = (α·sg(L1) − (1 − α)·sg(L2))²   trains only α,
+    model_loss = sg(α)·L1 + (1 − sg(α))·L2       trains only the model,
+    total      = alpha_loss + model_loss.
+
+α settles where the weighted losses are equal, α* = L2/(L1 + L2); the model
+then follows ∇L1·L2/(L1+L2) + ∇L2·L1/(L1+L2) ∝ ∇(log L1 + log L2): a
+scale-invariant objective that favours the task whose loss is already
+lower. Without sg(α) in model_loss the model would push α to 0 or 1.
+The curvature of alpha_loss in α is 2(L1 + L2)², so plain SGD on α diverges
+for large losses and a clipped α moved by Adam cannot approach a balance
+point near 0 or 1. `balanced_weights_loss` is the N-task form (weights on
+the simplex, the sum over pairs of squared differences of weighted losses),
+equal to the rule above for N = 2; `loss_weighting("trainable", ...)`
+parametrises the weights as w = softmax(z) over free logits z trained by the
+model's own optimizer, so they stay on the simplex without clipping or
+projection. The rule's gradient with respect to z spans many orders of
+magnitude along the way to a small balance point (it carries the factors
+α(1−α) and (L1+L2)², and Adam's second-moment estimate remembers the large
+early values, so α stalls far from α* = 1e-5, say). The logits therefore
+receive the rule's gradient divided by the positive scalar
+c = 2·(Σᵢ wᵢLᵢ)·Σᵢ wᵢ(1−wᵢ)Lᵢ: the same direction and fixed point, and for
+N = 2 exactly tanh(½·log(αL1/((1−α)L2))), bounded by 1 and linear in the
+log-ratio near balance, so Adam converges to α* at any scale (tested down
+to α* = 1e-5).
+
+**Peers**, behind the same interface (`loss_weighting(name, ...)`):
+
+* "fixed": constant weights (e.g. (1 − α, α) hand-tuned);
+* "uncertainty": homoscedastic uncertainty weighting (Kendall, Gal,
+  Cipolla, CVPR 2018), Σᵢ Lᵢ/(2e^{sᵢ}) + sᵢ/2 with trainable sᵢ = log σᵢ²;
+* "dwa": Dynamic Weight Average (Liu, Johns, Davison, CVPR 2019),
+  wᵢ = N·softmax(rᵢ/T) with rᵢ = Lᵢ(t−1)/Lᵢ(t−2) the ratio of the average
+  losses over the two previous periods ("epochs") of `period` steps;
+  wᵢ = 1 for the first two periods.
+
+GradNorm (Chen et al., ICML 2018) needs the gradient norm of every task loss
+with respect to the shared layer, which a loss-level interface does not see;
+it is not provided.
+"""
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from losses import _common
+
+PyTree = Any
+
+
+def _as_scalar_loss(loss: chex.Array, name: str) -> chex.Array:
+  """A scalar loss, or the batch mean of a per-example `(B,)` loss."""
+  loss = _common.as_float(loss, name)
+  chex.assert_rank(loss, {0, 1}, custom_message=f"`{name}` {loss.shape} must be a scalar or a per-example (B,) loss")
+  return jnp.mean(loss)
+
+
+def _check_task_losses(task_losses: chex.Array, num_tasks: int) -> chex.Array:
+  task_losses = _common.as_float(task_losses, "task_losses")
+  chex.assert_shape(task_losses, (num_tasks,),
+                    custom_message=f"`task_losses` {task_losses.shape} must have shape (N,) = ({num_tasks},)")
+  return task_losses
+
+
+def trainable_alpha_loss(alpha: chex.Array, loss_1: chex.Array, loss_2: chex.Array) -> chex.Array:
+  """The trainable-α rule for two tasks, (1 − α)·L2 + α·L1 plus the balancing term.
+
+  Args:
+    alpha: scalar weight of `loss_1`, in [0, 1] (keep it there by a
+      parametrisation, e.g. α = sigmoid(z)).
+    loss_1, loss_2: scalars, or per-example `(B,)` losses, which are averaged
+      over the batch first (each head has already reduced its own output
+      shape).
+
+  Returns:
+    The scalar (α·sg(L1) − (1−α)·sg(L2))² + sg(α)·L1 + (1 − sg(α))·L2, whose
+    gradients are ∂/∂α = 2(αL1 − (1−α)L2)(L1 + L2), ∂/∂L1 = α and
+    ∂/∂L2 = 1 − α.
+  """
+  alpha = _common.as_float(alpha, "alpha")
+  chex.assert_rank(alpha, 0, custom_message=f"`alpha` {alpha.shape} must be a scalar")
+  task_losses = jnp.stack([_as_scalar_loss(loss_1, "loss_1"), _as_scalar_loss(loss_2, "loss_2")])
+  return balanced_weights_loss(jnp.stack([alpha, 1.0 - alpha]), task_losses)
+
+
+def balanced_weights_loss(weights: chex.Array, task_losses: chex.Array) -> chex.Array:
+  """The N-task trainable-weight rule: Σ_{i<j} (wᵢ·sg(Lᵢ) − wⱼ·sg(Lⱼ))² + Σᵢ sg(wᵢ)·Lᵢ.
+
+  Args:
+    weights: `(N,)` weights on the simplex (e.g. a softmax); trained only by
+      the first term, which is 0 when all weighted losses are equal, i.e.
+      at wᵢ ∝ 1/Lᵢ.
+    task_losses: `(N,)` scalar losses; trained only by the second term.
+
+  For N = 2 with weights (α, 1 − α) this is exactly `trainable_alpha_loss`.
+  """
+  weights = _common.as_float(weights, "weights")
+  chex.assert_rank(weights, 1, custom_message=f"`weights` {weights.shape} must have shape (N,)")
+  task_losses = _check_task_losses(task_losses, weights.shape[0])
+  weighted = weights * jax.lax.stop_gradient(task_losses)
+  differences = weighted[:, None] - weighted[None, :]
+  balance = 0.5 * jnp.sum(differences ** 2)  # Each pair appears twice in the full matrix.
+  return balance + jnp.sum(jax.lax.stop_gradient(weights) * task_losses)
+
+
+def uncertainty_weighted_loss(log_variances: chex.Array, task_losses: chex.Array) -> chex.Array:
+  """Σᵢ Lᵢ/(2e^{sᵢ}) + sᵢ/2 (Kendall, Gal & Cipolla, CVPR 2018), sᵢ = log σᵢ² trainable.
+
+  The optimum in sᵢ is e^{sᵢ} = Lᵢ, i.e. every task's effective weight is
+  1/(2Lᵢ).
+  """
+  log_variances = _common.as_float(log_variances, "log_variances")
+  chex.assert_rank(log_variances, 1, custom_message=f"`log_variances` {log_variances.shape} must have shape (N,)")
+  task_losses = _check_task_losses(task_losses, log_variances.shape[0])
+  return jnp.sum(0.5 * jnp.exp(-log_variances) * task_losses + 0.5 * log_variances)
+
+
+def dwa_weights(
+    previous_losses: chex.Array, before_previous_losses: chex.Array, *, temperature: float = 2.0) -> chex.Array:
+  """Dynamic Weight Average (Liu et al., CVPR 2019): N·softmax(rᵢ/T), rᵢ = Lᵢ(t−1)/Lᵢ(t−2).
+
+  Args:
+    previous_losses: `(N,)` average task losses over the last period.
+    before_previous_losses: `(N,)` averages over the period before it.
+    temperature: T; larger is closer to equal weights.
+
+  Returns:
+    `(N,)` weights summing to N, larger for the tasks whose loss fell least.
+  """
+  previous_losses = _common.as_float(previous_losses, "previous_losses")
+  before_previous_losses = _common.as_float(before_previous_losses, "before_previous_losses")
+  chex.assert_equal_shape([previous_losses, before_previous_losses],
+                          custom_message="`previous_losses` and `before_previous_losses` must both be (N,)")
+  ratios = previous_losses / before_previous_losses
+  return previous_losses.shape[0] * jax.nn.softmax(ratios / temperature)
+
+
+@jax.custom_vjp
+def _preconditioned_softmax(logits: chex.Array, task_losses: chex.Array) -> chex.Array:
+  """softmax(logits), with the logits' gradient divided by c (see the module docstring)."""
+  return jax.nn.softmax(logits)
+
+
+def _preconditioned_softmax_forward(logits, task_losses):
+  weights = jax.nn.softmax(logits)
+  return weights, (weights, task_losses)
+
+
+def _preconditioned_softmax_backward(residuals, cotangent):
+  weights, task_losses = residuals
+  logits_gradient = weights * (cotangent - jnp.sum(weights * cotangent))
+  scale = 2.0 * jnp.sum(weights * task_losses) * jnp.sum(weights * (1.0 - weights) * task_losses)
+  tiny = jnp.finfo(scale.dtype).tiny
+  return logits_gradient / jnp.maximum(scale, tiny), jnp.zeros_like(task_losses)
+
+
+_preconditioned_softmax.defvjp(_preconditioned_softmax_forward, _preconditioned_softmax_backward)
+
+
+class LossWeighting(NamedTuple):
+  """A named way of combining N task losses, as pure functions.
+
+  Attributes:
+    init: `() -> (params, state)`: `params` are trained by the model's
+      optimizer (put them in the parameter pytree), `state` is carried
+      without gradients.
+    combine: `(params, state, task_losses (N,)) -> (total, weights (N,),
+      new_state)`; `weights` are the effective weights of the task losses
+      in the model's gradient, for logging.
+  """
+
+  init: Callable[[], tuple[PyTree, PyTree]]
+  combine: Callable[[PyTree, PyTree, chex.Array], tuple[chex.Array, chex.Array, PyTree]]
+
+
+def loss_weighting(
+    name: str,
+    *,
+    num_tasks: int,
+    fixed_weights: Sequence[float] = (),
+    dwa_period: int = 100,
+    dwa_temperature: float = 2.0,
+) -> LossWeighting:
+  """The weighting `name`: "fixed", "trainable", "uncertainty" or "dwa" (see the module docstring).
+
+  Args:
+    name: the method.
+    num_tasks: N.
+    fixed_weights: the N weights of "fixed".
+    dwa_period: steps per DWA period (its "epoch").
+    dwa_temperature: DWA's T.
+  """
+  if name == "fixed":
+    if len(fixed_weights) != num_tasks:
+      raise ValueError(f"'fixed' weighting needs {num_tasks} `fixed_weights`, got {tuple(fixed_weights)}.")
+    fixed = jnp.asarray(fixed_weights, jnp.float32)
+    return LossWeighting(
+        init=lambda: ({}, {}),
+        combine=lambda params, state, task_losses: (
+            jnp.sum(fixed * _check_task_losses(task_losses, num_tasks)), fixed, state))
+
+  if name == "trainable":
+    def combine_trainable(params, state, task_losses):
+      task_losses = _check_task_losses(task_losses, num_tasks)
+      weights = _preconditioned_softmax(params["logits"], jax.lax.stop_gradient(task_losses))
+      return balanced_weights_loss(weights, task_losses), weights, state
+    return LossWeighting(init=lambda: ({"logits": jnp.zeros(num_tasks)}, {}), combine=combine_trainable)
+
+  if name == "uncertainty":
+    def combine_uncertainty(params, state, task_losses):
+      total = uncertainty_weighted_loss(params["log_variances"], task_losses)
+      return total, 0.5 * jnp.exp(-params["log_variances"]), state
+    return LossWeighting(init=lambda: ({"log_variances": jnp.zeros(num_tasks)}, {}), combine=combine_uncertainty)
+
+  if name == "dwa":
+    def init_dwa():
+      history = {"running_sum": jnp.zeros(num_tasks), "steps": jnp.zeros((), jnp.int32),
+                 "previous": jnp.ones(num_tasks), "before_previous": jnp.ones(num_tasks),
+                 "periods": jnp.zeros((), jnp.int32)}
+      return {}, history
+
+    def combine_dwa(params, state, task_losses):
+      del params
+      task_losses = _check_task_losses(task_losses, num_tasks)
+      weights = jnp.where(state["periods"] >= 2,
+                          dwa_weights(state["previous"], state["before_previous"], temperature=dwa_temperature),
+                          jnp.ones(num_tasks))
+      running_sum = state["running_sum"] + jax.lax.stop_gradient(task_losses)
+      steps = state["steps"] + 1
+      period_done = steps == dwa_period
+      new_state = {
+          "running_sum": jnp.where(period_done, 0.0, running_sum),
+          "steps": jnp.where(period_done, 0, steps),
+          "previous": jnp.where(period_done, running_sum / dwa_period, state["previous"]),
+          "before_previous": jnp.where(period_done, state["previous"], state["before_previous"]),
+          "periods": state["periods"] + period_done,
+      }
+      return jnp.sum(weights * task_losses), weights, new_state
+    return LossWeighting(init=init_dwa, combine=combine_dwa)
+
+  raise ValueError(f"Unknown loss weighting {name!r}; use 'fixed', 'trainable', 'uncertainty' or 'dwa'.")

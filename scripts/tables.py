@@ -1,0 +1,29 @@
+"""Reading finished runs and printing Markdown tables."""
+
+import json
+import os
+from typing import Sequence
+
+Column = tuple[str, str, str]  # (metric key, column title, format string)
+
+
+def final_eval(workdir: str) -> dict[str, float]:
+  """The last evaluation record in `<workdir>/metrics.jsonl`, with its "step"."""
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    evals = [record for record in map(json.loads, f) if record["split"] == "eval"]
+  return max(evals, key=lambda record: record["step"])
+
+
+def parse_runs(runs: Sequence[str]) -> list[tuple[str, str]]:
+  """`["label=workdir", ...]` → `[(label, workdir), ...]`."""
+  return [tuple(run.rsplit("=", 1)) for run in runs]
+
+
+def markdown_table(rows: Sequence[tuple[str, dict]], columns: Sequence[Column], first: str = "method") -> str:
+  """One row per `(name, metrics)`; a metric a row lacks prints as "—"."""
+  lines = ["| " + " | ".join([first] + [title for _, title, _ in columns]) + " |",
+           "|---" * (len(columns) + 1) + "|"]
+  for name, metrics in rows:
+    cells = [fmt.format(metrics[key]) if key in metrics else "—" for key, _, fmt in columns]
+    lines.append("| " + " | ".join([name] + cells) + " |")
+  return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""Rotation regression with mixture outputs: PROPEL against MSE and a mixture density network.
+
+A handwritten digit, upscaled and rotated by a random angle φ, is the input;
+the target is (cos φ, sin φ) (D = 2). Digits that look alike under a half
+turn (0, 1, 8, and 6 against 9) make the target bimodal, φ or φ + π. A
+small CNN predicts, depending on `config.loss`:
+
+* "propel": I equally weighted Gaussians (`config.num_components`) trained
+  with `losses.propel_loss`;
+* "mdn": I Gaussians with learned weights trained by negative log-likelihood
+  (a mixture density network, Bishop 1994);
+* "mse": one point (cos, sin) trained with squared error.
+
+Evaluation on held-out digits at fixed random angles: the angular error of
+the mixture mean's direction, of the best component (the oracle choice among
+the I means), and the held-out negative log-likelihood of the target under
+the mixture (nats; not defined for MSE), overall, per digit class, and for
+the rotation-ambiguous classes.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import losses
+from data import digits
+from models import SmallCNN
+from tasks.base import Task
+
+LOSSES = ("propel", "mse", "mdn")
+AMBIGUOUS_CLASSES = (0, 1, 6, 8, 9)
+
+
+def _render(config, images, labels, angles):
+  render = functools.partial(digits.draw_digit, canvas=config.canvas_size, digit_size=config.digit_size)
+  return {
+      "image": jax.vmap(lambda digit, angle: render(digit, angle=angle))(images, angles)[..., None],
+      "target": jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=-1),
+      "label": labels,
+  }
+
+
+def _sample(config, split, key, num):
+  index_key, angle_key = jax.random.split(key)
+  index = jax.random.randint(index_key, (num,), 0, split["labels"].shape[0])
+  angles = jax.random.uniform(angle_key, (num,), maxval=2 * jnp.pi)
+  return _render(config, split["images"][index], split["labels"][index], angles)
+
+
+def evaluation_set(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Every held-out digit at `config.eval.angles_per_digit` random angles drawn from `config.eval.seed`."""
+  test = digits.load_split()["test"]
+  repeats = config.eval.angles_per_digit
+  images = jnp.repeat(jnp.asarray(test["images"]), repeats, axis=0)
+  labels = jnp.repeat(jnp.asarray(test["labels"]), repeats)
+  angles = jax.random.uniform(jax.random.key(config.eval.seed), labels.shape, maxval=2 * jnp.pi)
+  return jax.jit(functools.partial(_render, config))(images, labels, angles)
+
+
+def _angle_error_deg(target, vectors):
+  return jnp.degrees(losses.angular_distance(target, vectors))
+
+
+def build(config: ml_collections.ConfigDict) -> Task:
+  if config.loss not in LOSSES:
+    raise ValueError(f"config.loss must be one of {LOSSES}, got {config.loss!r}.")
+  components = 1 if config.loss == "mse" else config.num_components
+  dims = 2
+  outputs = dims if config.loss == "mse" else components * (2 * dims + (config.loss == "mdn"))
+  model = SmallCNN(features=tuple(config.model.features), hidden=config.model.hidden, outputs=outputs)
+  train_split = jax.tree.map(jnp.asarray, digits.load_split()["train"])
+
+  def init(rng):
+    images = jnp.zeros((1, config.canvas_size, config.canvas_size, 1))
+    return model.init(rng, images)["params"], {}
+
+  def train_batch(seed, step):
+    return _sample(config, train_split, jax.random.fold_in(jax.random.key(seed), step), config.batch_size)
+
+  def predict(params, images):
+    """`(pred (B, I, 2D) or None, means (B, I, D), log_weights (B, I) or None)`."""
+    raw = model.apply({"params": params}, images)
+    if config.loss == "mse":
+      return None, raw[:, None, :], None
+    raw = raw.reshape(raw.shape[0], components, -1)
+    pred = losses.constrain_mixture(raw[..., :2 * dims], min_std=config.min_std)
+    log_weights = raw[..., -1] if config.loss == "mdn" else None
+    return pred, pred[..., :dims], log_weights
+
+  def point_estimate(pred, means, log_weights):
+    return means[:, 0] if pred is None else losses.mixture_mean(pred, log_weights=log_weights)
+
+  def loss(params, task_state, batch, rng):
+    del rng
+    target = batch["target"]
+    pred, means, log_weights = predict(params, batch["image"])
+    if config.loss == "propel":
+      value = losses.propel_loss(pred, target, sigma=config.sigma)
+    elif config.loss == "mdn":
+      value = -jnp.mean(losses.mixture_log_density(pred, target, log_weights=log_weights))
+    else:
+      value = jnp.mean(jnp.sum((means[:, 0] - target) ** 2, axis=-1))
+    metrics = {"mean_error_deg": jnp.mean(_angle_error_deg(target, point_estimate(pred, means, log_weights)))}
+    return value, (metrics, task_state)
+
+  @jax.jit
+  def per_example_metrics(params, batch):
+    target = batch["target"]
+    pred, means, log_weights = predict(params, batch["image"])
+    errors = {
+        "mean_error_deg": _angle_error_deg(target, point_estimate(pred, means, log_weights)),
+        "best_component_error_deg": jnp.min(
+            _angle_error_deg(jnp.broadcast_to(target[:, None], means.shape), means), axis=1),
+    }
+    if pred is not None:
+      errors["nll"] = -losses.mixture_log_density(pred, target, log_weights=log_weights)
+    return errors
+
+  @functools.cache
+  def test_set():
+    return evaluation_set(config)
+
+  def evaluate(params, task_state):
+    del task_state
+    examples = test_set()
+    values = jax.device_get(per_example_metrics(params, examples))
+    labels = np.asarray(examples["label"])
+    groups = {"": np.ones_like(labels, bool), "ambiguous/": np.isin(labels, AMBIGUOUS_CLASSES),
+              "unambiguous/": ~np.isin(labels, AMBIGUOUS_CLASSES)}
+    groups.update({f"class_{c}/": labels == c for c in range(10)})
+    return {prefix + name: float(np.mean(value[selected]))
+            for prefix, selected in groups.items() for name, value in values.items()}
+
+  def write_figures(params, task_state, workdir):
+    del task_state
+    examples = test_set()
+    labels = np.asarray(examples["label"])
+    chosen = np.concatenate([np.flatnonzero(labels == c)[:2] for c in (6, 9, 0, 8, 1, 4)])
+    shown = jax.tree.map(lambda x: x[chosen], examples)
+    pred, means, log_weights = predict(params, shown["image"])
+    path = os.path.join(workdir, "propel_mixtures.png")
+    _plot_mixtures(shown, pred, means, log_weights, path, title=_describe(config))
+    return [path]
+
+  return Task(init=init, train_batch=train_batch, loss=loss, evaluate=evaluate, write_figures=write_figures)
+
+
+def _describe(config) -> str:
+  return "MSE" if config.loss == "mse" else f"{config.loss.upper()}, I = {config.num_components}"
+
+
+def _plot_mixtures(examples, pred, means, log_weights, path: str, title: str) -> None:
+  """Per example: the input, and the predicted density on the unit circle against the true angle."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  count = len(examples["label"])
+  circle = np.linspace(0, 2 * np.pi, 361)
+  points = np.stack([np.cos(circle), np.sin(circle)], axis=-1)
+  figure = plt.figure(figsize=(3 * count // 2, 6.4))
+  for k in range(count):
+    image_axis = figure.add_subplot(4, count // 2, k + 1 + (k // (count // 2)) * (count // 2))
+    image_axis.imshow(np.asarray(examples["image"][k, ..., 0]), cmap="gray")
+    image_axis.set_title(f"digit {int(examples['label'][k])}")
+    image_axis.axis("off")
+    polar = figure.add_subplot(4, count // 2, k + 1 + (k // (count // 2) + 1) * (count // 2), projection="polar")
+    true_angle = np.arctan2(*np.asarray(examples["target"][k])[::-1])
+    polar.plot([true_angle, true_angle], [0, 1], color="tab:green", lw=2, label="true angle")
+    if pred is not None:
+      repeated = np.broadcast_to(np.asarray(pred[k]), (len(circle),) + pred.shape[1:])
+      weights = None if log_weights is None else np.broadcast_to(np.asarray(log_weights[k]), (len(circle),) + log_weights.shape[1:])
+      density = np.exp(np.asarray(losses.mixture_log_density(repeated, points, log_weights=weights)))
+      polar.plot(circle, density / density.max(), color="tab:blue", label="density on the circle (scaled)")
+    for mean in np.asarray(means[k]):
+      polar.plot([np.arctan2(mean[1], mean[0])] * 2, [0, np.hypot(*mean)], color="tab:red", lw=1, label="means")
+    polar.set_yticks([])
+    polar.set_xticks([])
+  handles, names = figure.axes[1].get_legend_handles_labels()
+  unique = dict(zip(names, handles))
+  figure.legend(unique.values(), unique.keys(), loc="lower center", ncol=3)
+  figure.suptitle(title)
+  figure.tight_layout(rect=(0, 0.05, 1, 0.95))
+  figure.savefig(path, dpi=80)
+  plt.close(figure)
