@@ -172,8 +172,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
   checkpoints.wait_until_finished()
   checkpoints.close()
-  if not eval_metrics:  # Restarted after the last step: nothing ran, report the final state.
+  if not eval_metrics:  # Restarted after the last step: nothing ran, evaluate the final state again.
     eval_metrics = task.evaluate(state.params, state.task_state)
+    writer.write(last_step, "eval", eval_metrics)
   writer.close()
   if jax.process_index() == 0:
     for path in task.write_figures(state.params, state.task_state, workdir):

@@ -33,12 +33,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.seed = 2018
   config.eval.num_examples = 1024
 
-  config.num_train_steps = 1000
+  config.num_train_steps = 800
   config.batch_size = 32
   # Plain Adam: weight decay would pull the weighting parameters towards equal weights.
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 3e-3
   config.log_every_steps = 25
-  config.eval_every_steps = 500
-  config.checkpoint_every_steps = 500
+  config.eval_every_steps = 400
+  config.checkpoint_every_steps = 400
   return config

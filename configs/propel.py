@@ -29,10 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.seed = 2020
   config.eval.angles_per_digit = 4
 
-  config.num_train_steps = 3000
+  config.num_train_steps = 2000
   config.batch_size = 64
   config.optimizer.learning_rate = 2e-3
   config.log_every_steps = 100
-  config.eval_every_steps = 1000
-  config.checkpoint_every_steps = 1000
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
   return config

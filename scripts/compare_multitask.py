@@ -1,10 +1,10 @@
 """Trains every loss weighting of the multi-task experiment over several seeds and prints the table.
 
-    python scripts/compare_multitask.py --workdir=/tmp/multitask_sweep --seeds=0,1,2
+    python scripts/compare_multitask.py --output_dir=/tmp/multitask_sweep --seeds=0,1,2
 
 Runs `train.train_and_evaluate` on `configs/multitask.py` for fixed α ∈ {0.1,
 0.5, 0.9}, trainable α, uncertainty weighting and DWA (finished runs in
-`--workdir` are resumed, i.e. skipped), prints held-out IoU and accuracy as
+`--output_dir` are resumed, i.e. skipped), prints held-out IoU and accuracy as
 mean ± standard deviation over the seeds, and writes
 `multitask_weights.png` (weights and weighted losses of the first seed).
 """
@@ -24,7 +24,7 @@ from scripts import tables
 from tasks import multitask
 import train
 
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/multitask_sweep", "Root of the per-run workdirs.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "/tmp/multitask_sweep", "Root of the per-run workdirs.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run per method.")
 
 METHODS = {
@@ -40,7 +40,7 @@ METHODS = {
 def main(argv):
   del argv
   # Every run compiles the same programs; share them across runs.
-  jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "jax_cache"))
+  jax.config.update("jax_compilation_cache_dir", os.path.join(_OUTPUT_DIR.value, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   rows, histories = [], []
   for label, overrides in METHODS.items():
@@ -48,7 +48,7 @@ def main(argv):
     for seed in map(int, _SEEDS.value):
       config = multitask_config.get_config()
       config.update(dict(overrides, seed=seed, progress_bar=False))
-      workdir = os.path.join(_WORKDIR.value, f"{config.weighting}_{config.alpha}_seed{seed}")
+      workdir = os.path.join(_OUTPUT_DIR.value, f"{config.weighting}_{config.alpha}_seed{seed}")
       results.append(train.train_and_evaluate(config, workdir))
       if seed == int(_SEEDS.value[0]):
         histories.append((label, multitask.read_train_metrics(workdir)))
@@ -63,7 +63,7 @@ def main(argv):
              ("weight", "final localization weight (seed 0)", "{}")]
   print(f"{len(_SEEDS.value)} seeds, mean ± standard deviation:\n")
   print(tables.markdown_table(rows, columns))
-  path = os.path.join(_WORKDIR.value, "multitask_weights.png")
+  path = os.path.join(_OUTPUT_DIR.value, "multitask_weights.png")
   multitask.plot_weight_history(histories, path)
   print(f"\nWrote {path}")
 

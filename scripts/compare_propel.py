@@ -21,12 +21,15 @@ _RUNS = flags.DEFINE_list("runs", [], "Comma-separated `label=workdir` pairs (la
 
 COLUMNS = [
     ("mean_error_deg", "error of mean (°)", "{:.1f}"),
+    ("mode_error_deg", "error of mode (°)", "{:.1f}"),
     ("best_component_error_deg", "best component (°)", "{:.1f}"),
     ("nll", "NLL (nats)", "{:.2f}"),
     ("ambiguous/mean_error_deg", "ambiguous: mean (°)", "{:.1f}"),
+    ("ambiguous/mode_error_deg", "ambiguous: mode (°)", "{:.1f}"),
     ("ambiguous/best_component_error_deg", "ambiguous: best (°)", "{:.1f}"),
     ("ambiguous/nll", "ambiguous: NLL", "{:.2f}"),
     ("unambiguous/mean_error_deg", "others: mean (°)", "{:.1f}"),
+    ("unambiguous/mode_error_deg", "others: mode (°)", "{:.1f}"),
     ("unambiguous/best_component_error_deg", "others: best (°)", "{:.1f}"),
     ("unambiguous/nll", "others: NLL", "{:.2f}"),
 ]
@@ -37,7 +40,7 @@ def main(argv):
   runs = [(name, tables.final_eval(workdir)) for name, workdir in tables.parse_runs(_RUNS.value)]
   print(tables.markdown_table(runs, COLUMNS))
   print()
-  for key, title in (("mean_error_deg", "error of the mixture mean (°)"),
+  for key, title in (("mean_error_deg", "error of the mixture mean (°)"), ("mode_error_deg", "error of the mode (°)"),
                      ("best_component_error_deg", "error of the best component (°)")):
     per_class = [(f"class_{c}/{key}", str(c), "{:.1f}") for c in range(10)]
     print(f"Per digit class, {title}:\n")

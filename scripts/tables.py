@@ -8,10 +8,10 @@ Column = tuple[str, str, str]  # (metric key, column title, format string)
 
 
 def final_eval(workdir: str) -> dict[str, float]:
-  """The last evaluation record in `<workdir>/metrics.jsonl`, with its "step"."""
+  """The last evaluation record written to `<workdir>/metrics.jsonl`, with its "step"."""
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     evals = [record for record in map(json.loads, f) if record["split"] == "eval"]
-  return max(evals, key=lambda record: record["step"])
+  return evals[-1]
 
 
 def parse_runs(runs: Sequence[str]) -> list[tuple[str, str]]:

@@ -12,8 +12,9 @@ small CNN predicts, depending on `config.loss`:
 * "mse": one point (cos, sin) trained with squared error.
 
 Evaluation on held-out digits at fixed random angles: the angular error of
-the mixture mean's direction, of the best component (the oracle choice among
-the I means), and the held-out negative log-likelihood of the target under
+the mixture mean's direction, of the mode (the component mean of highest
+mixture density), of the best component (the oracle choice among the I
+means), and the held-out negative log-likelihood of the target under
 the mixture (nats; not defined for MSE), overall, per digit class, and for
 the rotation-ambiguous classes.
 """
@@ -118,6 +119,11 @@ def build(config: ml_collections.ConfigDict) -> Task:
     }
     if pred is not None:
       errors["nll"] = -losses.mixture_log_density(pred, target, log_weights=log_weights)
+      # The mode estimate: the component mean where the mixture density is highest.
+      density_at_means = jax.vmap(
+          lambda point: losses.mixture_log_density(pred, point, log_weights=log_weights), in_axes=1, out_axes=1)(means)
+      mode = jnp.take_along_axis(means, jnp.argmax(density_at_means, axis=1)[:, None, None], axis=1)[:, 0]
+      errors["mode_error_deg"] = _angle_error_deg(target, mode)
     return errors
 
   @functools.cache
@@ -170,14 +176,16 @@ def _plot_mixtures(examples, pred, means, log_weights, path: str, title: str) ->
     image_axis.axis("off")
     polar = figure.add_subplot(4, count // 2, k + 1 + (k // (count // 2) + 1) * (count // 2), projection="polar")
     true_angle = np.arctan2(*np.asarray(examples["target"][k])[::-1])
-    polar.plot([true_angle, true_angle], [0, 1], color="tab:green", lw=2, label="true angle")
     if pred is not None:
       repeated = np.broadcast_to(np.asarray(pred[k]), (len(circle),) + pred.shape[1:])
       weights = None if log_weights is None else np.broadcast_to(np.asarray(log_weights[k]), (len(circle),) + log_weights.shape[1:])
       density = np.exp(np.asarray(losses.mixture_log_density(repeated, points, log_weights=weights)))
-      polar.plot(circle, density / density.max(), color="tab:blue", label="density on the circle (scaled)")
+      polar.fill_between(circle, 0.3, 0.3 + 0.7 * density / density.max(), color="tab:blue", alpha=0.5,
+                         label="density on the unit circle (scaled)")
     for mean in np.asarray(means[k]):
       polar.plot([np.arctan2(mean[1], mean[0])] * 2, [0, np.hypot(*mean)], color="tab:red", lw=1, label="means")
+    polar.plot([true_angle, true_angle], [0, 1], color="tab:green", lw=3, alpha=0.7, label="true angle", zorder=3)
+    polar.set_ylim(0, 1.05)
     polar.set_yticks([])
     polar.set_xticks([])
   handles, names = figure.axes[1].get_legend_handles_labels()
