@@ -31,9 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 64
   config.eval.max_objects = 32
 
-  config.num_train_steps = 1200
+  config.num_train_steps = 1100
   config.batch_size = 16
   config.optimizer.learning_rate = 3e-3
-  config.eval_every_steps = 600
-  config.checkpoint_every_steps = 600
+  config.eval_every_steps = 550
+  config.checkpoint_every_steps = 550
   return config

@@ -37,17 +37,20 @@ def evaluation_set(config: ml_collections.ConfigDict, seed: int) -> dict[str, ja
   return jax.jit(_sampler(config), static_argnums=1)(jax.random.key(seed), config.eval.num_examples)
 
 
-def _metrics_by_split(config, examples, predicted_orientation) -> dict[str, float]:
-  """Metrics of θ on all pixels and on the images noisier than `config.eval.noisy_threshold`."""
+@functools.partial(jax.jit, static_argnames="noisy_threshold")
+def _split_metrics(examples, predicted_orientation, *, noisy_threshold):
   target = losses.encode_orientation(examples["orientation"], axial=True)
   prediction = losses.encode_orientation(predicted_orientation, axial=True)
-  noisy = examples["noise_std"] > config.eval.noisy_threshold
+  noisy = examples["noise_std"] > noisy_threshold
   splits = {"": examples["mask"], "noisy/": examples["mask"] & noisy[:, None, None]}
-  return {
-      prefix + name: float(value)
-      for prefix, mask in splits.items()
-      for name, value in losses.orientation_metrics(target, prediction, mask=mask, axial=True).items()
-  }
+  return {prefix + name: value for prefix, mask in splits.items()
+          for name, value in losses.orientation_metrics(target, prediction, mask=mask, axial=True).items()}
+
+
+def _metrics_by_split(config, examples, predicted_orientation) -> dict[str, float]:
+  """Metrics of θ on all pixels and on the images noisier than `config.eval.noisy_threshold`."""
+  metrics = _split_metrics(examples, predicted_orientation, noisy_threshold=config.eval.noisy_threshold)
+  return {name: float(value) for name, value in metrics.items()}
 
 
 def _standardize(images: jax.Array) -> jax.Array:

@@ -119,7 +119,7 @@ def test_gradients_match_finite_differences_in_float64():
   with jax.enable_x64(True):
     pred, target = random_problem(jax.random.key(4), 3, 3, 2)
     fn = lambda p, t: losses.propel_loss(p, t, sigma=0.3)
-    check_grads(fn, (pred, target), order=2, modes=("fwd", "rev"), eps=1e-6, atol=1e-6, rtol=1e-6)
+    check_grads(fn, (pred, target), order=1, modes=("fwd", "rev"), eps=1e-6, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name, offset, mean_scale, std, dims", [
