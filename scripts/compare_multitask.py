@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import multitask as multitask_config
 from scripts import tables
+from tasks import base
 from tasks import multitask
 import train
 
@@ -51,7 +52,7 @@ def main(argv):
       workdir = os.path.join(_OUTPUT_DIR.value, f"{config.weighting}_{config.alpha}_seed{seed}")
       results.append(train.train_and_evaluate(config, workdir))
       if seed == int(_SEEDS.value[0]):
-        histories.append((label, multitask.read_train_metrics(workdir)))
+        histories.append((label, base.read_metrics(workdir, "train")))
     summary = {}
     for key in ("iou", "accuracy"):
       values = np.array([r[key] for r in results])

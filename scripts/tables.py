@@ -1,17 +1,15 @@
 """Reading finished runs and printing Markdown tables."""
 
-import json
-import os
 from typing import Sequence
+
+from tasks import base
 
 Column = tuple[str, str, str]  # (metric key, column title, format string)
 
 
 def final_eval(workdir: str) -> dict[str, float]:
   """The last evaluation record written to `<workdir>/metrics.jsonl`, with its "step"."""
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    evals = [record for record in map(json.loads, f) if record["split"] == "eval"]
-  return evals[-1]
+  return base.read_metrics(workdir, "eval")[-1]
 
 
 def parse_runs(runs: Sequence[str]) -> list[tuple[str, str]]:

@@ -1,9 +1,12 @@
 """The contract between an experiment and the generic training loop."""
 
 import dataclasses
+import json
+import os
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
@@ -35,3 +38,28 @@ class Task:
   loss: Callable[[PyTree, PyTree, dict[str, jax.Array], jax.Array], tuple[jax.Array, tuple[Metrics, PyTree]]]
   evaluate: Callable[[PyTree, PyTree], dict[str, float]]
   write_figures: Callable[[PyTree, PyTree, str], list[str]]
+
+
+def step_key(seed: int, step: jax.Array) -> jax.Array:
+  """The PRNG key of the training batch at `step`: resuming at a step replays the same data."""
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def map_in_chunks(fn: Callable[..., PyTree], params: PyTree, images: jax.Array, chunk_size: int) -> PyTree:
+  """`fn(params, images)` over chunks of `chunk_size` images, the outputs concatenated on axis 0."""
+  chunks = [fn(params, images[i:i + chunk_size]) for i in range(0, images.shape[0], chunk_size)]
+  return jax.tree.map(lambda *parts: jnp.concatenate(parts), *chunks)
+
+
+def read_metrics(workdir: str, split: str) -> list[dict[str, float]]:
+  """The records of `split` ("train" or "eval") that `train.py` wrote to `<workdir>/metrics.jsonl`, in order."""
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [record for record in map(json.loads, f) if record["split"] == split]
+
+
+def pyplot():
+  """`matplotlib.pyplot` on the file-only Agg backend, imported only when a figure is drawn."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt

@@ -26,6 +26,7 @@ from models import SemiConvolution
 from models import UNet
 from models import connected_components
 from models import extract_instances
+from tasks import base
 from tasks.base import Task
 
 
@@ -44,7 +45,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
     return unet.init(rng, jnp.zeros((1, config.image_size, config.image_size, 1)))["params"], {}
 
   def train_batch(seed, step):
-    return sample(jax.random.fold_in(jax.random.key(seed), step), config.batch_size)
+    return sample(base.step_key(seed, step), config.batch_size)
 
   def predict(params, images):
     """`(foreground logits (B, H, W), embeddings Ψ (B, H, W, C))`."""
@@ -74,15 +75,10 @@ def build(config: ml_collections.ConfigDict) -> Task:
   def test_set():
     return jax.jit(sample, static_argnums=1)(jax.random.key(config.eval.seed), config.eval.num_examples)
 
-  def segment_all(params, images):
-    chunks = [segment(params, images[i:i + config.eval.batch_size])
-              for i in range(0, images.shape[0], config.eval.batch_size)]
-    return tuple(jnp.concatenate(parts) for parts in zip(*chunks))
-
   def evaluate(params, task_state):
     del task_state
     scenes = test_set()
-    predictions = dict(zip(("semi_conv", "connected_components"), segment_all(params, scenes["image"])))
+    predictions = dict(zip(("semi_conv", "connected_components"), base.map_in_chunks(segment, params, scenes["image"], config.eval.batch_size)))
     touching = np.asarray(scenes["touching"])
     metrics = {}
     for name, labels in predictions.items():
@@ -104,9 +100,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
 
 def _plot_instances(scenes, instances, components, path: str) -> None:
   """One row per scene: the image, true instances, semi-convolutional instances, connected components."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = base.pyplot()
 
   def overlay(axis, image, labels, title):
     axis.imshow(image, cmap="gray")

@@ -17,18 +17,17 @@ placements.
 """
 
 import functools
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 import losses
 from data import digits
 from models import UNet
+from tasks import base
 from tasks.base import Task
 
 TASK_NAMES = ("localization", "classification")
@@ -69,7 +68,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
     return {"model": model.init(rng, images)["params"], "weighting": weighting_params}, weighting_state
 
   def train_batch(seed, step):
-    return sample_train(jax.random.fold_in(jax.random.key(seed), step), config.batch_size)
+    return sample_train(base.step_key(seed, step), config.batch_size)
 
   def predict(params, images):
     return model.apply({"params": params["model"]}, images)
@@ -110,22 +109,15 @@ def build(config: ml_collections.ConfigDict) -> Task:
   def write_figures(params, task_state, workdir):
     del params, task_state
     path = os.path.join(workdir, "multitask_weights.png")
-    plot_weight_history([(config.weighting, read_train_metrics(workdir))], path)
+    plot_weight_history([(config.weighting, base.read_metrics(workdir, "train"))], path)
     return [path]
 
   return Task(init=init, train_batch=train_batch, loss=loss, evaluate=evaluate, write_figures=write_figures)
 
 
-def read_train_metrics(workdir: str) -> list[dict[str, float]]:
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [record for record in map(json.loads, f) if record["split"] == "train"]
-
-
 def plot_weight_history(runs: list[tuple[str, list[dict[str, float]]]], path: str) -> None:
   """For each `(label, train records)`: the localization weight α and both weighted losses over training."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = base.pyplot()
 
   figure, (weight_axis, loss_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
   for (label, records), colour in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4):

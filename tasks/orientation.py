@@ -21,6 +21,7 @@ import losses
 from data import fringes
 from models import UNet
 from models import structure_tensor_orientation
+from tasks import base
 from tasks.base import Task
 
 LOSSES = ("angular", "mse")
@@ -98,7 +99,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
     return model.init(rng, images)["params"], {}
 
   def train_batch(seed, step):
-    return sample_batch(jax.random.fold_in(jax.random.key(seed), step), config.batch_size)
+    return sample_batch(base.step_key(seed, step), config.batch_size)
 
   def predict(params, images):
     return model.apply({"params": params}, _standardize(images))
@@ -124,8 +125,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
     return evaluation_set(config, config.eval.seed)
 
   def predict_all(params, images):
-    chunks = range(0, images.shape[0], config.eval.batch_size)
-    return jnp.concatenate([predict_orientation(params, images[i:i + config.eval.batch_size]) for i in chunks])
+    return base.map_in_chunks(predict_orientation, params, images, config.eval.batch_size)
 
   def evaluate(params, task_state):
     del task_state
@@ -144,9 +144,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
 
 def _plot_examples(examples, predicted_orientation, path: str) -> None:
   """One row per example: input, true and predicted orientation (cyclic colours), error."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = base.pyplot()
 
   examples = jax.tree.map(np.asarray, examples)
   predicted = np.asarray(predicted_orientation)

@@ -30,6 +30,7 @@ import numpy as np
 import losses
 from data import digits
 from models import SmallCNN
+from tasks import base
 from tasks.base import Task
 
 LOSSES = ("propel", "mse", "mdn")
@@ -80,7 +81,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
     return model.init(rng, images)["params"], {}
 
   def train_batch(seed, step):
-    return _sample(config, train_split, jax.random.fold_in(jax.random.key(seed), step), config.batch_size)
+    return _sample(config, train_split, base.step_key(seed, step), config.batch_size)
 
   def predict(params, images):
     """`(pred (B, I, 2D) or None, means (B, I, D), log_weights (B, I) or None)`."""
@@ -161,9 +162,7 @@ def _describe(config) -> str:
 
 def _plot_mixtures(examples, pred, means, log_weights, path: str, title: str) -> None:
   """Per example: the input, and the predicted density on the unit circle against the true angle."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = base.pyplot()
 
   count = len(examples["label"])
   circle = np.linspace(0, 2 * np.pi, 361)
