@@ -3,6 +3,7 @@
 import os
 import sys
 
+import conftest
 import jax
 import orbax.checkpoint as ocp
 
@@ -11,11 +12,9 @@ TINY_ORIENTATION = [sys.executable, "train.py", "--config=tests/tiny_configs.py:
 
 
 def subprocess_env(**variables) -> dict[str, str]:
-  """The environment for a subprocess: it finds the tests' modules and shares their compiled programs."""
+  """The environment for a subprocess: it finds the tests' modules and has the JAX settings of conftest.py."""
   return {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
-          "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-          **variables}
+          **{name.upper(): str(value) for name, value in conftest.SETTINGS.items()}, **variables}
 
 
 def latest_checkpoint(workdir):

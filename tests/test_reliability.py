@@ -65,49 +65,40 @@ def assert_same_run(workdir, reference):
     assert without_timing(read_metrics(workdir, split)) == without_timing(read_metrics(reference, split))
 
 
-def test_runs_killed_at_any_moment_resume_to_the_uninterrupted_result(tmp_path):
-  reference, killed = tmp_path / "reference", tmp_path / "killed"
-  train.train_and_evaluate(tiny_configs.get_config("orientation"), str(reference))
-
-  run = start(killed)  # Checkpoints every 2 steps: killed while one is being written,
-  wait_for(run, lambda: checkpoint_being_written(killed))
-  run.kill()
-  run.wait()
-  run = start(killed)  # then between two checkpoints,
-  wait_for(run, lambda: last_train_step(killed) >= 3)
-  run.kill()
-  run.wait()
-  run = start(killed)  # then left to finish.
-  assert run.wait(timeout=300) == 0, run.stderr.read()[-3000:]
-  assert_same_run(killed, reference)
-
-
-def test_sigterm_saves_a_checkpoint_at_the_current_step(tmp_path):
-  run = start(tmp_path, "--config.num_train_steps=10000", "--config.checkpoint_every_steps=1000")
-  wait_for(run, lambda: last_train_step(tmp_path) >= 3)
-  run.send_signal(signal.SIGTERM)
-  assert run.wait(timeout=120) == train.PREEMPTED_EXIT_STATUS
-  assert "saved the checkpoint at step" in run.stderr.read()
-  step, params = runs.latest_checkpoint(tmp_path)
-  assert step == last_train_step(tmp_path) >= 3  # Not a scheduled checkpoint step.
+def test_killed_preempted_and_damaged_runs_resume_to_the_uninterrupted_result(tmp_path):
+  """One run stopped in every way in turn; each restart is the same command. Checkpoints every 4 steps."""
+  reference, run_dir = tmp_path / "reference", tmp_path / "run"
+  steps = ["--config.num_train_steps=12", "--config.checkpoint_every_steps=4"]
   config = tiny_configs.get_config("orientation")
-  config.num_train_steps = step  # The schedule is constant: the same steps as the terminated run.
-  train.train_and_evaluate(config, str(tmp_path / "reference"))
-  jax.tree.map(np.testing.assert_array_equal, params, runs.latest_checkpoint(tmp_path / "reference")[1])
-
-
-def test_an_unreadable_checkpoint_is_moved_aside_and_the_one_before_it_used(tmp_path):
-  config = tiny_configs.get_config("orientation")
-  reference, damaged = tmp_path / "reference", tmp_path / "damaged"
+  config.update(dict(num_train_steps=12, checkpoint_every_steps=4))
   train.train_and_evaluate(config, str(reference))
-  train.train_and_evaluate(config, str(damaged))
-  for directory, _, files in os.walk(damaged / "checkpoints" / "4"):  # Cut every file of the last checkpoint short.
+
+  run = start(run_dir, *steps)  # SIGKILL while a checkpoint is being written,
+  wait_for(run, lambda: checkpoint_being_written(run_dir))
+  run.kill()
+  run.wait()
+  run = start(run_dir, *steps)  # SIGKILL between two checkpoints,
+  wait_for(run, lambda: last_train_step(run_dir) >= 6)
+  run.kill()
+  run.wait()
+  run = start(run_dir, *steps)  # SIGTERM, which saves a checkpoint at the step it arrives,
+  wait_for(run, lambda: last_train_step(run_dir) >= 9)
+  run.send_signal(signal.SIGTERM)
+  assert run.wait(timeout=120) == train.PREEMPTED_EXIT_STATUS, run.stderr.read()[-3000:]
+  assert "saved the checkpoint at step" in run.stderr.read()
+  preempted_at, _ = runs.latest_checkpoint(run_dir)
+  assert 9 <= preempted_at == last_train_step(run_dir) < 12 and preempted_at % 4  # Not a scheduled step.
+  run = start(run_dir, *steps)  # then left to finish.
+  assert run.wait(timeout=300) == 0, run.stderr.read()[-3000:]
+  assert_same_run(run_dir, reference)
+
+  for directory, _, files in os.walk(run_dir / "checkpoints" / "12"):  # Cut the last checkpoint's files short:
     for name in files:
       with open(os.path.join(directory, name), "r+b") as f:
         f.truncate(os.path.getsize(os.path.join(directory, name)) // 2)
-  train.train_and_evaluate(config, str(damaged))
-  assert os.listdir(damaged / "broken_checkpoints")
-  assert_same_run(damaged, reference)
+  train.train_and_evaluate(config, str(run_dir))  # it is moved aside and the one before it used.
+  assert os.listdir(run_dir / "broken_checkpoints")
+  assert_same_run(run_dir, reference)
 
 
 def poisoned_task(monkeypatch, bad_step):
