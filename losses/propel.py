@@ -23,20 +23,35 @@ reference implementation, the PyPI package `torchpropel` 0.0.3.
 
 Numerical choices, and where the result differs from `torchpropel`:
 
-* Everything is computed in the log domain: log G is the sum over dimensions
-  of −log(√(2π)·s) − ½((μ_a − μ_b)/s)² with s = hypot(σ_a, σ_b), T1 is a
-  log-sum-exp over the I components and T2 one over the full I×I overlap
-  matrix (its diagonal is log Hᵢ) together with log H(P_gt). Every overlap
-  is taken relative to H(P_gt), which cancels in the ratio, so the terms
-  stay near 0 for good predictions and float32 keeps ~1e-6 absolute
-  accuracy even at D = 128. `torchpropel`
-  forms the overlaps themselves, which underflow to 0 (loss inf, NaN
-  gradients) for a target a few units from the prediction, overflow for
-  D ≥ 16, and expands (a − b)² as 2ab − a² − b², which cancels catastrophically
-  for means around 1e3 (negative losses) and 1e4 (NaN). Here (μ_a − μ_b) is
-  formed directly and s = hypot(σ_a, σ_b) never under- or overflows, so tiny
-  standard deviations are used as given (`torchpropel` clamps the variance
-  products to machine epsilon).
+* Everything is computed in the log domain, every overlap relative to
+  H(P_gt) (which cancels in the ratio), so the terms stay near 0 for good
+  predictions and float32 keeps ~1e-6 absolute accuracy even at D = 128.
+  With m = max(σ_a, σ_b) and q = 1 + (min/max)² ∈ [1, 2] (so s² = σ_a² + σ_b²
+  = m²q), log G(a, b) − log H(P_gt) = −Σ_d [log(m/σ) + ½ log(q/2) + ½ z²],
+  z² = ((μ_a − μ_b)/m)²/q: log(m/σ) is the larger of the components' own
+  log(σ_i/σ), computed once per component, and the q terms take one log of
+  a product per pair (per 64 dimensions; the factors are in [½, 1], so the
+  product cannot underflow) instead of one log per dimension. T1 is a
+  log-sum-exp over the I components; T2 one over the I×I overlap matrix
+  (its diagonal is log Hᵢ) together with log H(P_gt), stabilised by the
+  largest diagonal term, which bounds the whole matrix (Cauchy–Schwarz).
+  `torchpropel` forms the overlaps themselves, which underflow to 0 (loss
+  inf, NaN gradients) for a target a few units from the prediction,
+  overflow for D ≥ 16, and expands (a − b)² as 2ab − a² − b², which cancels
+  catastrophically for means around 1e3 (negative losses) and 1e4 (NaN).
+  Here (μ_a − μ_b) is formed directly and no square of a standard deviation
+  enters the value, so tiny standard deviations are used as given
+  (`torchpropel` clamps the variance products to machine epsilon).
+* The matrix is symmetric: only its diagonal and, for each offset k ≤ I/2,
+  the pairs (i, i + k mod I) are evaluated (I·⌊I/2⌋ pairs instead of I²), on
+  arrays of the input's own layout, rolled along the component axis; no
+  index lists are built.
+* The gradient is a custom JVP written from the closed form (the shares of
+  each term in T1 and T2 times the derivatives of the log overlaps, each
+  pair passing its gradient to both components), computed in the same pass
+  as the value and reusing its terms, instead of autodiff through the
+  log-sum-exps (the rule is itself differentiable: second derivatives
+  match finite differences in float64).
 * For D > 1, `torchpropel` evaluates H(P_gt) as if D were 1 (its σ parameter
   has shape [1, 1, 1]), so its loss is not the PROPEL distance: it goes
   negative (−0.124 for a perfect prediction at D = 3, I = 6, σ = 0.2) and
@@ -45,10 +60,10 @@ Numerical choices, and where the result differs from `torchpropel`:
   `getloss` for D > 1 once that term is given the right dimension.
 * Rounding can leave log T2 − log T1 a few ulps below zero at a perfect
   prediction; the result is clipped at 0 (the gradient there is 0 anyway).
-* I = 1 is allowed; the I×I matrix is formed by broadcasting, so there are
-  no host-side index lists and the whole loss is one fused computation.
+* I = 1 is allowed.
 """
 
+import functools
 import math
 from typing import Optional
 
@@ -151,6 +166,127 @@ def mixture_mean(pred: chex.Array, *, log_weights: Optional[chex.Array] = None) 
   return jnp.einsum("bi,bid->bd", weights, means)
 
 
+def _log_product_of_halves(q: chex.Array) -> chex.Array:
+  """log Π_d (q_d/2) over the last axis for q ∈ [1, 2]: one log per 64 factors (2^-64 does not underflow)."""
+  dims = q.shape[-1]
+  return sum(jnp.log(jnp.prod(0.5 * q[..., start:start + 64], axis=-1)) for start in range(0, dims, 64))
+
+
+def _pair_terms(diff, std_a, std_b, log_a, log_b):
+  """log G(a, b) − log H(P_gt) for diagonal Gaussians a, b, and the pieces of its gradient.
+
+  `diff` = μ_a − μ_b and `log_a` = log(σ_a/σ) (σ the ground-truth standard
+  deviation) broadcast to `(..., D)`. With m = max(σ_a, σ_b) and
+  q = 1 + (min/max)² ∈ [1, 2], s² = σ_a² + σ_b² = m²·q and the overlap relative
+  to H(P_gt) (the overlap at s² = 2σ²) is
+
+      −Σ_d [log(m/σ) + ½ log(q/2) + ½ z²],   z² = ((μ_a − μ_b)/m)²/q,
+
+  with log(m/σ) = max(log_a, log_b) (no new log) and one log of a product of
+  D factors in [½, 1] (per 64 dimensions). No square of a standard deviation
+  enters the value, so it is finite wherever z is. Returns the `(...)` log
+  overlaps and, per dimension, z² and 1/s², for the gradient: −(μ_a − μ_b)/s²
+  with respect to μ_a, σ_a·(z² − 1)/s² with respect to σ_a (these overflow
+  where autodiff of the direct formula would, for s below ~1e-19 in float32).
+  """
+  larger, smaller = jnp.maximum(std_a, std_b), jnp.minimum(std_a, std_b)
+  ratio = smaller / larger  # Exactly 1 for equal standard deviations.
+  q = 1.0 + ratio * ratio
+  scaled_diff = diff / larger
+  z2 = scaled_diff * scaled_diff / q
+  log_overlap = -(jnp.sum(jnp.maximum(log_a, log_b), axis=-1) + 0.5 * _log_product_of_halves(q)
+                  + 0.5 * jnp.sum(z2, axis=-1))
+  return log_overlap, z2, 1.0 / (larger * larger * q)
+
+
+def _roll_components(x: chex.Array, shift: int) -> chex.Array:
+  """`out[:, i] = x[:, (i + shift) % I]`: component i paired with component i + shift."""
+  return jnp.roll(x, -shift, axis=1)
+
+
+def _propel_terms(means, stds, target, sigma, with_gradient):
+  """Per-example PROPEL loss (B,) and, with `with_gradient`, its gradients with respect to
+  `means`, `stds` (B, I, D) and `target` (B, D)."""
+  num_components = means.shape[1]
+  log_i = math.log(num_components)
+  log_stds = jnp.log(stds / sigma)  # log(σ_i/σ): 0 at a perfect prediction.
+  # T1: overlaps of the ground truth with each component.
+  target_sigma = jnp.asarray(sigma, stds.dtype)
+  target_diff = target[:, None, :] - means
+  log_t1_terms, t1_z2, t1_inverse_variance = _pair_terms(
+      target_diff, target_sigma, stds, jnp.zeros((), stds.dtype), log_stds)
+  t1_max = jax.lax.stop_gradient(jnp.max(log_t1_terms, axis=1, keepdims=True))
+  t1_max = jnp.where(jnp.isfinite(t1_max), t1_max, 0.0)
+  t1_exp = jnp.exp(log_t1_terms - t1_max)
+  t1_sum = jnp.sum(t1_exp, axis=1)
+  log_t1 = math.log(2.0) - log_i + t1_max[:, 0] + jnp.log(t1_sum)
+  # T2: the I×I overlap matrix, symmetric: its diagonal log H(P_i) and, for each
+  # offset k ≤ I/2, the pairs (i, i + k mod I), which cover the off-diagonal
+  # terms once (twice for k = I/2, hence its weight 1 instead of 2).
+  diagonal = -jnp.sum(log_stds, axis=-1)
+  # By Cauchy–Schwarz every overlap is at most the larger of the two self-overlaps,
+  # so the largest diagonal term bounds the whole matrix.
+  t2_max = jax.lax.stop_gradient(jnp.max(diagonal, axis=1, keepdims=True))
+  diagonal_exp = jnp.exp(diagonal - t2_max)
+  t2_sum = jnp.sum(diagonal_exp, axis=1)
+  pairs = []
+  for shift in range(1, num_components // 2 + 1):
+    weight = 1.0 if 2 * shift == num_components else 2.0
+    diff = means - _roll_components(means, shift)
+    log_overlap, z2, inverse_variance = _pair_terms(
+        diff, stds, _roll_components(stds, shift), log_stds, _roll_components(log_stds, shift))
+    pair_exp = weight * jnp.exp(log_overlap - t2_max)
+    t2_sum = t2_sum + jnp.sum(pair_exp, axis=1)
+    pairs.append((shift, diff, z2, inverse_variance, pair_exp))
+  log_model_terms = t2_max[:, 0] + jnp.log(t2_sum) - 2.0 * log_i
+  log_t2 = jnp.logaddexp(0.0, log_model_terms)
+  loss = (log_t2 - log_t1) / math.log(10.0)
+  # Rounding can leave a perfect prediction a few ulps below 0.
+  clipped = jnp.maximum(loss, 0.0)
+  if not with_gradient:
+    return clipped
+  # d(ln T2) = Σ_pairs w_ij d(log overlap_ij), w the share of each pair in T2;
+  # d(ln T1) likewise with the shares of the T1 terms. Each off-diagonal pair
+  # passes its gradient to both of its components (the partner's by rolling back).
+  keep = jnp.where(loss > 0, 1.0 / math.log(10.0), 0.0)[:, None]
+  t2_weight = (jax.nn.sigmoid(log_model_terms) / t2_sum)[:, None] * keep
+  t1_weight = (t1_exp / t1_sum[:, None] * keep)[..., None]
+  grad_means = -t1_weight * target_diff * t1_inverse_variance
+  grad_target = -jnp.sum(grad_means, axis=1)
+  grad_stds_over_stds = -t1_weight * (t1_z2 - 1.0) * t1_inverse_variance
+  grad_stds_over_stds -= (t2_weight * diagonal_exp)[..., None] / (stds * stds)
+  for shift, diff, z2, inverse_variance, pair_exp in pairs:
+    pair_weight = (t2_weight * pair_exp)[..., None]
+    mean_term = pair_weight * diff * inverse_variance
+    std_term = pair_weight * (z2 - 1.0) * inverse_variance
+    grad_means += _roll_components(mean_term, -shift) - mean_term
+    grad_stds_over_stds += std_term + _roll_components(std_term, -shift)
+  return clipped, grad_means, grad_stds_over_stds * stds, grad_target
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _propel(pred: chex.Array, target: chex.Array, sigma: float) -> chex.Array:
+  dims = pred.shape[-1] // 2
+  return _propel_terms(pred[..., :dims], pred[..., dims:], target, sigma, with_gradient=False)
+
+
+def _propel_jvp(sigma, primals, tangents):
+  pred, target = primals
+  d_pred, d_target = tangents
+  dims = pred.shape[-1] // 2
+  loss, grad_means, grad_stds, grad_target = _propel_terms(
+      pred[..., :dims], pred[..., dims:], target, sigma, with_gradient=True)
+  tangent = jnp.zeros_like(loss)
+  if not isinstance(d_pred, jax.custom_derivatives.SymbolicZero):
+    tangent = tangent + jnp.sum(jnp.concatenate([grad_means, grad_stds], axis=-1) * d_pred, axis=(1, 2))
+  if not isinstance(d_target, jax.custom_derivatives.SymbolicZero):
+    tangent = tangent + jnp.sum(grad_target * d_target, axis=1)
+  return loss, tangent
+
+
+_propel.defjvp(_propel_jvp, symbolic_zeros=True)
+
+
 def propel_loss(
     pred: chex.Array,
     target: chex.Array,
@@ -174,14 +310,8 @@ def propel_loss(
   _common.check_reduction(reduction)
   if not sigma > 0:
     raise ValueError(f"`sigma` (the ground-truth standard deviation) must be > 0, got {sigma}.")
-  means, stds, target = _check_mixture_and_point(pred, target, "target")
-  log_i = math.log(means.shape[1])
-  # T1 and T2 are both measured relative to H(P_gt), the overlap at combined scale √2·σ.
-  reference = math.sqrt(2.0) * sigma
-  log_t1 = math.log(2.0) - log_i + jax.nn.logsumexp(
-      _relative_log_overlap(target[:, None, :], sigma, means, stds, reference), axis=-1)
-  log_overlaps = _relative_log_overlap(
-      means[:, :, None, :], stds[:, :, None, :], means[:, None, :, :], stds[:, None, :, :], reference)
-  log_t2 = jnp.logaddexp(0.0, jax.nn.logsumexp(log_overlaps, axis=(1, 2)) - 2.0 * log_i)
-  loss = jnp.maximum(log_t2 - log_t1, 0.0) / math.log(10.0)
-  return _common.reduce_masked(loss, None, reduction)
+  means, _, target = _check_mixture_and_point(pred, target, "target")
+  # `pred` itself (not a concatenation of its halves) is the differentiated input,
+  # so its gradient is built once, without padding and adding the halves.
+  pred = _common.as_float(pred, "pred").astype(means.dtype)
+  return _common.reduce_masked(_propel(pred, target, float(sigma)), None, reduction)

@@ -122,6 +122,20 @@ def test_gradients_match_finite_differences_in_float64():
     check_grads(fn, (pred, target), order=1, modes=("fwd", "rev"), eps=1e-6, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("components", [2, 5])
+def test_closed_form_gradient_for_every_pairing_of_components(components):
+  """Even I pairs (i, i + I/2) once, odd I never; the custom JVP must match finite differences either way,
+  to second order, for the target too, and in more than 64 dimensions (where the q product is split)."""
+  with jax.enable_x64(True):
+    fn = lambda p, t: losses.propel_loss(p, t, sigma=0.3)
+    pred, target = random_problem(jax.random.key(20 + components), 2, components, 2)
+    check_grads(fn, (pred, target), order=1, modes=("fwd", "rev"), eps=1e-6, atol=1e-6, rtol=1e-6)
+    check_grads(fn, (pred, target), order=2, modes=("rev",), eps=1e-5, atol=1e-5, rtol=1e-5)
+    pred, target = random_problem(jax.random.key(30 + components), 2, components, 70, spread=0.05)
+    check_grads(fn, (pred, target), order=1, modes=("fwd", "rev"), eps=1e-6, atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(fn(pred, target), reference_loss(pred, target, 0.3).mean(), rtol=1e-9)
+
+
 @pytest.mark.parametrize("name, offset, mean_scale, std, dims", [
     ("target 3 units away", 3.0, 0.0, 0.1, 3),
     ("target 100 units away", 100.0, 0.0, 0.1, 3),
