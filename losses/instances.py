@@ -29,9 +29,11 @@ by a prediction with IoU > t, FN = unmatched true objects, FP = unmatched
 predictions, F2 = 5·TP/(5·TP + 4·FN + FP); averaged over thresholds, then
 over images. An image with neither true nor predicted objects scores 1, one
 with only one side empty 0. IoUs come from the contingency table (joint
-histogram) of compacted label pairs, O(H·W + K_true·K_pred) per image. For
-t ≥ 0.5 an object can match at most one other (two IoUs > 0.5 would need
-overlapping masks), so matching is counting.
+histogram) of compacted label pairs, O(H·W + K_true·K_pred) per image
+(plus one sort of the ids to compact them), instead of comparing every
+true mask with every predicted mask, O(K_true·K_pred·H·W). For t ≥ 0.5 an
+object can match at most one other (two IoUs > 0.5 would need overlapping
+masks), so matching is counting.
 """
 
 import chex
@@ -111,7 +113,15 @@ def semi_conv_loss(
 
 def _compact_ids(labels: chex.Array, max_objects: int) -> chex.Array:
   """Maps the ids of one image to 0 (background) and 1…n in sorted order, n ≤ `max_objects`."""
-  present = jnp.unique(labels, size=max_objects + 1, fill_value=jnp.iinfo(labels.dtype).max)
+  # The first `max_objects + 1` distinct ids, sorted (padded with the largest
+  # integer): what `jnp.unique(size=...)` returns, found with one sort of the
+  # bare ids (a key-only sort; `unique` sorts with more operands and then
+  # scatters, ~3× slower on CPU) and a binary search for where each new id starts.
+  ids = jnp.sort(labels.reshape(-1))
+  starts_new_id = jnp.concatenate([jnp.ones((1,), bool), ids[1:] != ids[:-1]])
+  rank = jnp.cumsum(starts_new_id) - 1
+  first = jnp.searchsorted(rank, jnp.arange(max_objects + 1, dtype=rank.dtype))
+  present = jnp.where(first < ids.size, ids[jnp.minimum(first, ids.size - 1)], jnp.iinfo(labels.dtype).max)
   compact = jnp.searchsorted(present, labels)
   # Background (0) is the smallest id if present; shift so that it maps to 0 either way.
   return jnp.where(labels == 0, 0, jnp.minimum(compact + (present[0] != 0), max_objects))
