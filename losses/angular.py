@@ -103,18 +103,19 @@ def angular_loss(
     y_true: `(..., 2)` target vectors, e.g. `(B, H, W, 2)`.
     y_pred: `(..., 2)` predicted vectors; only their direction matters.
     delta: the exponent offset δ ≥ 0; the gradient with respect to the
-      predicted angle is (1+δ)·θ^δ·sign(β − α), 0 at θ = 0.
+      predicted angle is (1+δ)·θ^δ·sign(β − α), 0 at θ = 0. A Python
+      number is checked; a traced δ (e.g. annealed inside jit) is not.
     mask: optional `(...)` boolean (or non-negative weight) array; pixels
       where it is 0 have no valid orientation and contribute neither value
       nor gradient.
-    reduction: "mean" over the unmasked pixels (0 if there are none), "sum",
-      or "none" for the `(...)` per-pixel loss (masked pixels set to 0).
+    reduction: "mean" over the unmasked pixels (0 with a zero gradient if
+      there are none, e.g. an empty batch `(0, H, W, 2)`), "sum", or "none"
+      for the `(...)` per-pixel loss (masked pixels set to 0).
 
   Returns:
     A scalar, or the `(...)` per-pixel loss for `reduction="none"`.
   """
-  if delta < 0:
-    raise ValueError(f"`delta` must be >= 0 (the gradient is infinite at 0 otherwise), got {delta}.")
+  _common.check_number(delta, "delta", minimum=0.0, why=" (the gradient is infinite at 0 otherwise)")
   _common.check_reduction(reduction)
   theta = angular_distance(y_true, y_pred)
   return _common.reduce_masked(theta ** (1.0 + delta), mask, reduction)
@@ -155,7 +156,8 @@ def orientation_metrics(
 
   Returns:
     `{"mean_abs_error_deg": ..., "within_5deg": ..., "within_10deg": ...}`
-    (one `within_*` entry per threshold), averaged over the unmasked pixels.
+    (one `within_*` entry per threshold), averaged over the unmasked pixels;
+    all 0 when there are none (an empty batch or an all-zero mask).
   """
   error_deg = jnp.degrees(angular_distance(y_true, y_pred)) * (0.5 if axial else 1.0)
   metrics = {"mean_abs_error_deg": _common.reduce_masked(error_deg, mask, "mean")}

@@ -62,12 +62,8 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def split_mixture(pred: chex.Array) -> tuple[chex.Array, chex.Array]:
-  """Splits a `(B, I, 2D)` output into means and standard deviations, each `(B, I, D)`."""
-  pred = _common.as_float(pred, "pred")
-  message = f"`pred` {pred.shape} must have shape (B, I, 2D): D means then D standard deviations per component"
-  chex.assert_rank(pred, 3, custom_message=message)
-  if pred.shape[-1] % 2 or pred.shape[-1] == 0:
-    raise ValueError(message)
+  """Splits a `(B, I, 2D)` output (I ≥ 1, D ≥ 1) into means and standard deviations, each `(B, I, D)`."""
+  pred = _common.check_mixture(pred, "pred")
   dims = pred.shape[-1] // 2
   return pred[..., :dims], pred[..., dims:]
 
@@ -79,6 +75,8 @@ def constrain_mixture(raw: chex.Array, *, min_std: float = 1e-3) -> chex.Array:
   softplus(raw) + `min_std`, positive with a floor that keeps the density
   from collapsing onto a point.
   """
+  raw = _common.check_mixture(raw, "raw")
+  _common.check_number(min_std, "min_std", minimum=0.0)
   means, raw_stds = split_mixture(raw)
   return jnp.concatenate([means, jax.nn.softplus(raw_stds) + min_std], axis=-1)
 
@@ -99,9 +97,12 @@ def log_gaussian_overlap(
     mean_a: chex.Array, std_a: chex.Array, mean_b: chex.Array, std_b: chex.Array) -> chex.Array:
   """log G(a, b) = log ∫ N(x; μ_a, σ_a²) N(x; μ_b, σ_b²) dx for diagonal Gaussians.
 
-  All four arguments broadcast against each other; the last axis is the
-  dimension D and is summed over. Standard deviations must be positive.
+  All four arguments are float arrays that broadcast against each other to
+  a shape `(..., D)` of rank ≥ 1; the last axis is the dimension D and is
+  summed over. Standard deviations must be positive.
   """
+  mean_a, std_a, mean_b, std_b = _common.broadcast_floats(
+      {"mean_a": mean_a, "std_a": std_a, "mean_b": mean_b, "std_b": std_b}, "(..., D)")
   dims = jnp.broadcast_shapes(*(jnp.shape(a) for a in (mean_a, std_a, mean_b, std_b)))[-1]
   return _relative_log_overlap(mean_a, std_a, mean_b, std_b, 1.0) - dims * _LOG_SQRT_2PI
 
@@ -167,13 +168,14 @@ def propel_loss(
       Gaussians.
     sigma: standard deviation of the isotropic ground-truth Gaussian.
     reduction: "mean" or "sum" over the batch, or "none" for shape `(B,)`.
+      An empty batch (B = 0) gives 0 with a zero gradient ("mean", "sum")
+      or `(0,)`.
 
   Returns:
     A scalar, or `(B,)` for `reduction="none"`; ≥ 0, in log10 units.
   """
   _common.check_reduction(reduction)
-  if not sigma > 0:
-    raise ValueError(f"`sigma` (the ground-truth standard deviation) must be > 0, got {sigma}.")
+  _common.check_number(sigma, "sigma", minimum=0.0, strict=True, why=" (the ground-truth standard deviation)")
   means, stds, target = _check_mixture_and_point(pred, target, "target")
   log_i = math.log(means.shape[1])
   # T1 and T2 are both measured relative to H(P_gt), the overlap at combined scale √2·σ.
