@@ -58,7 +58,8 @@ def _safe_divide(numerator: chex.Array, denominator: chex.Array) -> chex.Array:
 def _unsigned_angle(t0, t1, p0, p1):
   cross = t0 * p1 - t1 * p0
   dot = t0 * p0 + t1 * p1
-  return jnp.arctan2(jnp.abs(cross), dot)
+  # A zero vector makes both products ±0; atan2(0, −0) would read π, so −0 is read as +0.
+  return jnp.arctan2(jnp.abs(cross), jnp.where(dot == 0, 0.0, dot))
 
 
 @_unsigned_angle.defjvp
