@@ -2,21 +2,34 @@
 
 The loop knows nothing about any experiment: `config.task` names a module in
 `tasks/` that supplies the data stream, the parameters, the loss and the
-evaluation. The loop owns the optimizer, sharding over devices,
-checkpointing and logging. Restarting the same command resumes from the
-latest checkpoint in `--workdir`.
+evaluation. The loop owns the optimizer, sharding over devices and hosts,
+checkpointing, logging and the guards that keep a long run safe:
+
+* Restarting the same command resumes from the latest complete checkpoint in
+  `--workdir` and replays the data stream from that step, so a run killed at
+  any moment finishes with the parameters and metrics of an uninterrupted run.
+  A checkpoint that cannot be read is moved aside and the one before it used.
+* SIGTERM (a preemption notice) saves a checkpoint at the current step and
+  exits with status 143.
+* A step whose loss, metrics or gradients are not finite is never applied; by
+  default the run stops there (`config.on_nonfinite="stop"`), otherwise it is
+  skipped and counted (`"skip"`).
 """
 
+import dataclasses
 import json
 import os
+import shutil
+import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
 from absl import logging
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -25,9 +38,28 @@ import orbax.checkpoint as ocp
 import rich.progress
 
 import tasks
+from tasks.base import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Initialise jax.distributed for a multi-process run. On Cloud TPU, SLURM, Open MPI and Kubernetes "
+    "the processes find each other; elsewhere give --coordinator_address, --num_processes and --process_id. "
+    "Implied by --coordinator_address or the JAX_COORDINATOR_ADDRESS environment variable.")
+_COORDINATOR_ADDRESS = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process, 0 to num_processes - 1.")
+
+PREEMPTED_EXIT_STATUS = 128 + signal.SIGTERM
+
+
+class NonFiniteError(FloatingPointError):
+  """A training step produced a non-finite loss, metric or gradient."""
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint of the current step was saved."""
 
 
 @flax.struct.dataclass
@@ -36,6 +68,7 @@ class TrainState:
   params: Any
   opt_state: Any
   task_state: Any
+  skipped_steps: jax.Array  # Non-finite steps that were not applied (config.on_nonfinite="skip").
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -47,7 +80,7 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
         init_value=0.0, peak_value=peak, warmup_steps=config.schedule.warmup_steps,
         decay_steps=max(config.num_train_steps, config.schedule.warmup_steps + 1),
         end_value=peak * config.schedule.final_learning_rate_factor)
-  raise ValueError(f"Unknown schedule {config.schedule.name!r}; use 'warmup_cosine' or 'constant'.")
+  raise ConfigError(f"config.schedule.name must be 'warmup_cosine' or 'constant', got {config.schedule.name!r}.")
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -59,24 +92,141 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
       "sgd": lambda: optax.sgd(schedule, momentum=options.momentum),
   }
   if options.name not in optimizers:
-    raise ValueError(f"Unknown optimizer {options.name!r}; use one of {sorted(optimizers)}.")
+    raise ConfigError(f"config.optimizer.name must be one of {sorted(optimizers)}, got {options.name!r}.")
   clip = [optax.clip_by_global_norm(options.grad_clip_norm)] if options.grad_clip_norm > 0 else []
   return optax.chain(*clip, optimizers[options.name]())
 
 
-class MetricWriter:
-  """Appends metrics to `metrics.jsonl` and TensorBoard event files (process 0 only)."""
+def check_loop_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises `ConfigError` for loop settings that cannot work, before anything is compiled."""
+  for field in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps",
+                "checkpoint_every_steps", "max_checkpoints_to_keep"):
+    if config[field] <= 0:
+      raise ConfigError(f"config.{field} must be positive, got {config[field]}.")
+  if config.batch_size % num_devices:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} is not divisible by the {num_devices} devices "
+        "the batch is sharded over.")
+  if config.checkpoint_every_steps % config.log_every_steps:
+    raise ConfigError(
+        f"config.checkpoint_every_steps={config.checkpoint_every_steps} must be a multiple of "
+        f"config.log_every_steps={config.log_every_steps}, so that a resumed run logs the same averages.")
+  if config.on_nonfinite not in ("stop", "skip"):
+    raise ConfigError(f"config.on_nonfinite must be 'stop' or 'skip', got {config.on_nonfinite!r}.")
 
-  def __init__(self, workdir: str):
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """The jitted pieces of a run, placed on a mesh with one `data` axis over `devices`.
+
+  Attributes:
+    task: the experiment.
+    mesh: the devices, on one axis named `data`.
+    init: `() -> TrainState`, replicated on every device.
+    step: `(state, batch) -> (state, metrics, finite)`. `metrics` are the
+      scalars to log; `finite` maps each metric and each gradient leaf to
+      whether it is finite. A step with any non-finite entry leaves params,
+      optimizer and task state unchanged and counts in `skipped_steps`.
+    next_batch: `(seed, step) -> batch`, sharded over the devices along the
+      batch axis: each process computes only the part its devices hold.
+  """
+
+  task: tasks.Task
+  mesh: jax.sharding.Mesh
+  init: Callable[[], TrainState]
+  step: Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array], dict[str, jax.Array]]]
+  next_batch: Callable[[int, int], Any]
+
+
+def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
+  """Checks `config`, builds its task and traces (without compiling) the initial state.
+
+  Raises:
+    ConfigError: with a one-line message, for any setting that cannot work.
+  """
+  devices = jax.devices() if devices is None else devices
+  check_loop_config(config, len(devices))
+  mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  try:
+    task = tasks.build(config)
+  except ValueError as error:  # Raised by the losses' and models' own option checks.
+    raise ConfigError(str(error)) from error
+  optimizer = make_optimizer(config)
+
+  def rngs():  # (init, loss) keys, derived inside the jitted functions so that nothing runs before them.
+    return jax.random.split(jax.random.key(config.seed))
+
+  def init():
+    params, task_state = task.init(rngs()[0])
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=optimizer.init(params), task_state=task_state,
+                      skipped_steps=zero)
+
+  try:
+    jax.eval_shape(init)  # Shape errors of the model and config surface here, not in the compiler.
+  except ValueError as error:
+    raise ConfigError(str(error).splitlines()[0]) from error
+
+  def step(state, batch):
+    rng = jax.random.fold_in(rngs()[1], state.step)
+    grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+    (loss, (metrics, task_state)), grads = grad_fn(state.params, state.task_state, batch, rng)
+    squared_norms = jax.tree.map(lambda g: jnp.sum(jnp.square(g.astype(jnp.float32))), grads)
+    metrics = {"loss": loss, "grad_norm": jnp.sqrt(sum(jax.tree.leaves(squared_norms))), **metrics}
+    finite = {name: jnp.isfinite(value).all() for name, value in metrics.items()}
+    for path, value in jax.tree_util.tree_flatten_with_path(squared_norms)[0]:
+      finite["grad" + jax.tree_util.keystr(path)] = jnp.isfinite(value)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    applied = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state, task_state=task_state, skipped_steps=state.skipped_steps)
+    withheld = state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
+    all_finite = jnp.stack(list(finite.values())).all()
+    return jax.tree.map(lambda a, b: jnp.where(all_finite, a, b), applied, withheld), metrics, finite
+
+  return Training(
+      task=task,
+      mesh=mesh,
+      init=jax.jit(init, out_shardings=replicated),
+      step=jax.jit(step, in_shardings=(replicated, batch_sharding), out_shardings=replicated,
+                   donate_argnums=0),
+      next_batch=jax.jit(task.train_batch, out_shardings=batch_sharding))
+
+
+class MetricWriter:
+  """Appends metrics to `metrics.jsonl` and TensorBoard event files (process 0 only).
+
+  Resuming at step `resume_step` first drops the records of later steps, which
+  the resumed run writes again, so the file never holds a step twice.
+  """
+
+  def __init__(self, workdir: str, resume_step: int):
     self._active = jax.process_index() == 0
-    if self._active:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-      self._tensorboard = SummaryWriter(logdir=workdir)
+    if not self._active:
+      return
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    path = os.path.join(workdir, "metrics.jsonl")
+    records = []
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        # A line cut short by a kill is dropped with the records after the resume step.
+        records = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= resume_step]
+      with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(records)
+      os.replace(path + ".tmp", path)
+    self._written = {(r["split"], r["step"]) for r in map(json.loads, records)}
+    self._jsonl = open(path, "a", encoding="utf-8")
+    # TensorBoard hides the events of steps after `purge_step` left by the killed run.
+    self._tensorboard = SummaryWriter(logdir=workdir, purge_step=resume_step + 1 if resume_step else None)
+
+  def has(self, split: str, step: int) -> bool:
+    return self._active and (split, step) in self._written
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
     if not self._active:
       return
+    self._written.add((split, step))
     self._jsonl.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
     self._jsonl.flush()
     for name, value in metrics.items():
@@ -89,6 +239,82 @@ class MetricWriter:
       self._tensorboard.close()
 
 
+def restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState, workdir: str) -> TrainState:
+  """The newest readable checkpoint; unreadable ones are moved to `<workdir>/broken_checkpoints/`."""
+  abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  for step in sorted(checkpoints.all_steps(), reverse=True):
+    try:
+      restored = checkpoints.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except Exception as error:  # pylint: disable=broad-except  # Any failure to read means: use an older one.
+      logging.warning("Checkpoint at step %d cannot be read (%s: %s); trying the one before it.",
+                      step, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+      if jax.process_index() == 0:
+        broken = os.path.join(workdir, "broken_checkpoints")
+        os.makedirs(broken, exist_ok=True)
+        shutil.move(os.path.join(workdir, "checkpoints", str(step)), os.path.join(broken, f"{step}-{time.time_ns()}"))
+      checkpoints.reload()
+      continue
+    logging.info("Resumed from the checkpoint at step %d.", step)
+    return restored
+  return state
+
+
+class _PreemptionNotice:
+  """Remembers a SIGTERM so the loop can checkpoint and stop between steps."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+    if jax.process_count() == 1:  # With several processes JAX's own notifier agrees on a step.
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._receive)
+      except ValueError:  # Not the main thread: leave signals alone.
+        pass
+
+  def _receive(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def reached(self, checkpoints: ocp.CheckpointManager, step: int) -> bool:
+    return self.received or (jax.process_count() > 1 and checkpoints.reached_preemption(step))
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _statistics(tree) -> dict[str, dict[str, Any]]:
+  def describe(x):
+    x = np.asarray(x)
+    values = x.astype(np.float64)
+    finite = values[np.isfinite(values)]
+    return {"shape": list(x.shape), "dtype": str(x.dtype), "num_nonfinite": int(values.size - finite.size),
+            **({"min": float(finite.min()), "max": float(finite.max()), "mean": float(finite.mean()),
+                "std": float(finite.std())} if finite.size else {})}
+  return {jax.tree_util.keystr(path): describe(x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _report_nonfinite(training: Training, config, workdir: str, step: int, metrics, finite, last_checkpoint):
+  """Writes the statistics of the batch of `step` and raises `NonFiniteError`."""
+  bad = [name for name, ok in jax.device_get(finite).items() if not ok]
+  grads = [name for name in bad if name.startswith("grad[")]
+  terms = [name for name in bad if name not in grads]
+  if grads:
+    terms.append(f"gradients of {len(grads)} of {sum(n.startswith('grad[') for n in finite)} parameter arrays "
+                 f"(first {grads[0]})")
+  path = os.path.join(workdir, f"nonfinite_step_{step}.json")
+  if jax.process_index() == 0:
+    batch = jax.device_get(training.next_batch(config.seed, step - 1))
+    report = {"step": step, "nonfinite": bad, "metrics": jax.tree.map(float, jax.device_get(metrics)),
+              "batch": _statistics(batch)}
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=1)
+  raise NonFiniteError(
+      f"Step {step} produced non-finite {', '.join(terms)}; the update was not applied. Batch statistics: "
+      f"{path}. The last checkpoint (step {last_checkpoint}) is intact; set config.on_nonfinite='skip' "
+      "to skip such steps instead.")
+
+
 def _progress_bar(enabled: bool) -> rich.progress.Progress:
   return rich.progress.Progress(
       rich.progress.TextColumn("[bold]step {task.completed}/{task.total}"),
@@ -99,87 +325,113 @@ def _progress_bar(enabled: bool) -> rich.progress.Progress:
   )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config.task` for `config.num_train_steps`, resuming from `workdir`.
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, float]:
+  """Trains `config.task` for `config.num_train_steps` on `devices` (all), resuming from `workdir`.
 
   Returns:
     The metrics of the final evaluation.
+
+  Raises:
+    ConfigError: before anything is compiled, for settings that cannot work.
+    NonFiniteError: when a step is not finite and `config.on_nonfinite="stop"`.
+    Preempted: after SIGTERM, once the current step is checkpointed.
   """
+  training = build_training(config, devices)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  devices = jax.devices()
-  if config.batch_size % len(devices):
-    raise ValueError(
-        f"config.batch_size={config.batch_size} is not divisible by the {len(devices)} devices "
-        "the batch is sharded over.")
-  mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-
-  task = tasks.build(config)
-  optimizer = make_optimizer(config)
-  init_rng, loss_rng = jax.random.split(jax.random.key(config.seed))
-
-  def init_state():
-    params, task_state = task.init(init_rng)
-    return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                      opt_state=optimizer.init(params), task_state=task_state)
-
-  def train_step(state, batch):
-    rng = jax.random.fold_in(loss_rng, state.step)
-    grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-    (loss, (metrics, task_state)), grads = grad_fn(state.params, state.task_state, batch, rng)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                           opt_state=opt_state, task_state=task_state)
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
-
-  state = jax.jit(init_state, out_shardings=replicated)()
   checkpoints = ocp.CheckpointManager(
       os.path.join(workdir, "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep))
-  if checkpoints.latest_step() is not None:
-    abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(abstract_state))
-    logging.info("Resumed from the checkpoint at step %d.", int(state.step))
-
-  train_step = jax.jit(train_step, in_shardings=(replicated, batch_sharding),
-                       out_shardings=(replicated, replicated), donate_argnums=0)
-  next_batch = jax.jit(task.train_batch, out_shardings=batch_sharding)
-  writer = MetricWriter(workdir)
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep,
+                                           cleanup_tmp_directories=True))
+  state = restore_latest(checkpoints, training.init(), workdir)
   first_step, last_step = int(state.step), config.num_train_steps
+  last_checkpoint = first_step
+  writer = MetricWriter(workdir, resume_step=first_step)
+  preemption = _PreemptionNotice()
   eval_metrics = {}
+
+  def save(step):
+    nonlocal last_checkpoint
+    checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
+    last_checkpoint = step
+
+  def check(step, metrics, finite):
+    if config.on_nonfinite == "stop" and not all(jax.device_get(finite).values()):
+      checkpoints.wait_until_finished()
+      _report_nonfinite(training, config, workdir, step, metrics, finite, last_checkpoint)
+
+  def log(step, pending):
+    values = jax.device_get([(m, f) for _, m, f in pending])
+    kept = [m for m, f in values if all(f.values())] or [m for m, _ in values]
+    summary = {name: float(np.mean([m[name] for m in kept])) for name in kept[0]}
+    summary["skipped_steps"] = int(state.skipped_steps)
+    summary["steps_per_second"] = len(pending) / (time.perf_counter() - interval_start)
+    writer.write(step, "train", summary)
+    progress.update(bar, completed=step, loss=summary["loss"], rate=summary["steps_per_second"])
+    logging.info("step %d: %s", step, summary)
+
   pending, interval_start = [], time.perf_counter()
-  with _progress_bar(config.progress_bar) as progress:
-    bar = progress.add_task("train", total=last_step, completed=first_step, loss=float("nan"), rate=0.0)
-    for step in range(first_step + 1, last_step + 1):
-      state, metrics = train_step(state, next_batch(config.seed, step - 1))
-      pending.append(metrics)
-      if step % config.log_every_steps == 0 or step == last_step:
-        summary = {k: float(np.mean(v)) for k, v in jax.device_get(jax.tree.map(lambda *x: x, *pending)).items()}
-        now = time.perf_counter()
-        summary["steps_per_second"] = len(pending) / (now - interval_start)
-        pending, interval_start = [], now
-        writer.write(step, "train", summary)
-        progress.update(bar, completed=step, loss=summary["loss"], rate=summary["steps_per_second"])
-        logging.info("step %d: %s", step, summary)
-      if step % config.eval_every_steps == 0 or step == last_step:
-        eval_metrics = task.evaluate(state.params, state.task_state)
-        writer.write(step, "eval", eval_metrics)
-        logging.info("eval at step %d: %s", step, eval_metrics)
-        interval_start = time.perf_counter()  # Keep evaluation out of steps/s.
-      if step % config.checkpoint_every_steps == 0 or step == last_step:
-        checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
-  checkpoints.wait_until_finished()
-  checkpoints.close()
+  try:
+    with _progress_bar(config.progress_bar) as progress:
+      bar = progress.add_task("train", total=last_step, completed=first_step, loss=float("nan"), rate=0.0)
+      for step in range(first_step + 1, last_step + 1):
+        state, metrics, finite = training.step(state, training.next_batch(config.seed, step - 1))
+        if pending:  # Checked one step late, so that the host keeps dispatching ahead of the devices.
+          check(*pending[-1])
+        pending.append((step, metrics, finite))
+        preempted = preemption.reached(checkpoints, step)
+        if step % config.log_every_steps == 0 or step == last_step or preempted:
+          check(*pending[-1])
+          log(step, pending)
+          pending, interval_start = [], time.perf_counter()
+        if step % config.eval_every_steps == 0 or step == last_step:
+          eval_metrics = training.task.evaluate(*jax.device_get((state.params, state.task_state)))
+          writer.write(step, "eval", eval_metrics)
+          logging.info("eval at step %d: %s", step, eval_metrics)
+          interval_start = time.perf_counter()  # Keep evaluation out of steps/s.
+        if step % config.checkpoint_every_steps == 0 or step == last_step or preempted:
+          save(step)
+        if preempted:
+          checkpoints.wait_until_finished()
+          raise Preempted(f"SIGTERM received: saved the checkpoint at step {step}; run the same command to resume.")
+    checkpoints.wait_until_finished()
+  finally:
+    preemption.restore()
+    checkpoints.close()
+    writer.close()
+  host_state = jax.device_get((state.params, state.task_state))
   if not eval_metrics:  # Restarted after the last step: nothing ran, evaluate the final state again.
-    eval_metrics = task.evaluate(state.params, state.task_state)
-    writer.write(last_step, "eval", eval_metrics)
-  writer.close()
+    eval_metrics = training.task.evaluate(*host_state)
+    if not writer.has("eval", last_step):
+      writer.write(last_step, "eval", eval_metrics)
   if jax.process_index() == 0:
-    for path in task.write_figures(state.params, state.task_state, workdir):
+    for path in training.task.write_figures(*host_state, workdir):
       logging.info("Wrote %s", path)
   return eval_metrics
+
+
+def initialise_distributed() -> None:
+  """Joins a multi-process run when asked to by a flag or JAX_COORDINATOR_ADDRESS."""
+  if not (_DISTRIBUTED.value or _COORDINATOR_ADDRESS.value or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    return
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # Only used when the devices are CPUs.
+  jax.distributed.initialize(coordinator_address=_COORDINATOR_ADDRESS.value, num_processes=_NUM_PROCESSES.value,
+                             process_id=_PROCESS_ID.value)
+  logging.info("Process %d of %d; %d local and %d global devices.", jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag or `--config.*` override reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    raise SystemExit(f"Flag error: {error}") from None
+  except (AttributeError, KeyError) as error:  # An override naming no config field; ml_collections suggests one.
+    name, *suggestion = str(error).replace("\\'", "").strip("'\"").split("\\n")
+    raise SystemExit(f"Config error: no field {name!r}. {' '.join(suggestion)}".rstrip()) from None
+  except (TypeError, ValueError) as error:
+    raise SystemExit(f"Config error: {error}") from None
 
 
 def main(argv):
@@ -187,9 +439,16 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Orbax logs every step of every save at INFO; keep the log about training.
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  initialise_distributed()
+  try:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except ConfigError as error:
+    raise SystemExit(f"Config error: {error}") from None
+  except Preempted as notice:
+    logging.warning("%s", notice)
+    raise SystemExit(PREEMPTED_EXIT_STATUS) from None
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

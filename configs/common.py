@@ -26,5 +26,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 500  # Also evaluated after the last step.
   config.checkpoint_every_steps = 500  # Also saved after the last step.
   config.max_checkpoints_to_keep = 2
+  config.on_nonfinite = "stop"  # A non-finite step stops the run ("stop") or is skipped and counted ("skip").
   config.progress_bar = True
   return config

@@ -73,8 +73,12 @@ def check_int(value: Any, name: str, *, minimum: Optional[int] = None) -> int:
 
 
 def check_number(value: Any, name: str, *, minimum: Optional[float] = None, strict: bool = False,
-                 why: str = "") -> Any:
-  """A real scalar option; concrete values are range-checked, traced ones (under jit) pass unchecked."""
+                 why: str = "", static: bool = False) -> Any:
+  """A real scalar option; concrete values are range-checked, traced ones (under jit) pass unchecked
+  unless `static`, when the value selects the formula and must be known at trace time."""
+  if is_traced(value) and static:
+    raise TypeError(f"`{name}` must be a static Python number (it selects the formula at trace time), "
+                    "got a traced value.")
   if is_traced(value):
     chex.assert_rank(value, 0, custom_message=f"`{name}` must be a scalar, got shape {value.shape}")
     return value

@@ -9,6 +9,7 @@ import pkgutil
 
 import ml_collections
 
+from tasks.base import ConfigError
 from tasks.base import Task
 
 
@@ -19,8 +20,8 @@ def available() -> list[str]:
 def build(config: ml_collections.ConfigDict) -> Task:
   """Imports `tasks.<config.task>` and builds its `Task` from `config`."""
   if config.task not in available():
-    raise ValueError(f"Unknown task {config.task!r}; available tasks: {', '.join(available())}.")
+    raise ConfigError(f"Unknown task {config.task!r}; available tasks: {', '.join(available())}.")
   return importlib.import_module(f"tasks.{config.task}").build(config)
 
 
-__all__ = ("Task", "available", "build")
+__all__ = ("ConfigError", "Task", "available", "build")

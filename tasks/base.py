@@ -12,6 +12,10 @@ PyTree = Any
 Metrics = dict[str, jax.Array]
 
 
+class ConfigError(ValueError):
+  """A config setting that cannot work, reported before anything is compiled."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   """Everything `train.py` needs to know about one experiment.

@@ -90,7 +90,7 @@ def evaluate_structure_tensor(
 
 def build(config: ml_collections.ConfigDict) -> Task:
   if config.loss not in LOSSES:
-    raise ValueError(f"config.loss must be one of {LOSSES}, got {config.loss!r}.")
+    raise base.ConfigError(f"config.loss must be one of {LOSSES}, got {config.loss!r}.")
   model = UNet(features=tuple(config.model.features), out_channels=2)
   sample_batch = _sampler(config)
 

@@ -69,7 +69,7 @@ def _angle_error_deg(target, vectors):
 
 def build(config: ml_collections.ConfigDict) -> Task:
   if config.loss not in LOSSES:
-    raise ValueError(f"config.loss must be one of {LOSSES}, got {config.loss!r}.")
+    raise base.ConfigError(f"config.loss must be one of {LOSSES}, got {config.loss!r}.")
   components = 1 if config.loss == "mse" else config.num_components
   dims = 2
   outputs = dims if config.loss == "mse" else components * (2 * dims + (config.loss == "mdn"))

@@ -1,14 +1,24 @@
-"""Shares compiled XLA programs between tests.
+"""Settings shared by every test, and by the `train.py` processes tests start (tests/runs.py).
 
-Every `train_and_evaluate` call builds fresh jitted closures, so each test
-would otherwise recompile the same U-Net step; JAX's persistent compilation
-cache keys programs by their HLO and reuses them across tests and workers.
+* JAX's persistent compilation cache: every `train_and_evaluate` call builds
+  fresh jitted closures, so each test would otherwise recompile the same
+  U-Net step; the cache keys programs by their HLO and reuses them across
+  tests, workers and subprocesses.
+* `jax_threefry_partitionable=False`: XLA:CPU in jaxlib 0.10.2 compiles the
+  partitionable threefry of many small random arrays (a model's initialisers,
+  the procedural data) 10-20x slower than the classic one. The tests check
+  properties that hold for either random stream.
 """
 
 import os
 
 import jax
 
-jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+SETTINGS = {
+    "jax_compilation_cache_dir": os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".jax_cache")),
+    "jax_persistent_cache_min_compile_time_secs": 0,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+    "jax_threefry_partitionable": False,
+}
+for name, value in SETTINGS.items():
+  jax.config.update(name, value)

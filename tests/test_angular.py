@@ -58,6 +58,31 @@ def test_matches_float64_loop_reference(delta, reduction, masked):
   np.testing.assert_allclose(np.ravel(result), np.ravel(expected), rtol=2e-5, atol=1e-6)
 
 
+def test_float32_atan2_is_within_a_few_ulps_of_float64_arctan2():
+  """The polynomial atan2 behind the float32 path, on a dense grid of directions and lengths."""
+  from losses import angular  # pylint: disable=import-outside-toplevel
+  angles = np.linspace(0.0, np.pi, 200_001)
+  radii = 10.0 ** np.arange(-30.0, 31.0, 6.0)
+  y = np.abs(np.outer(radii, np.sin(angles))).astype(np.float32).ravel()
+  x = np.outer(radii, np.cos(angles)).astype(np.float32).ravel()
+  ours = np.asarray(jax.jit(angular._atan2_upper)(y, x), np.float64)
+  expected = np.arctan2(y.astype(np.float64), x.astype(np.float64))
+  ulps = np.abs(ours - expected) / np.spacing(np.maximum(expected, 1e-30).astype(np.float32)).astype(np.float64)
+  assert ulps.max() <= 4.0, ulps.max()
+  special = jax.jit(angular._atan2_upper)(np.float32([0.0, 0.0, 1.0, 0.0, 3.0]), np.float32([0.0, -2.0, 0.0, 5.0, -3.0]))
+  np.testing.assert_allclose(special, [0.0, np.pi, np.pi / 2, 0.0, 0.75 * np.pi], rtol=2.5e-7, atol=0)
+
+
+def test_float64_uses_the_exact_arctan2():
+  with jax.enable_x64(True):
+    keys = jax.random.split(jax.random.key(9))
+    y_true = random_vectors(keys[0], (50,)).astype(jnp.float64)
+    y_pred = random_vectors(keys[1], (50,)).astype(jnp.float64)
+    theta = losses.angular_distance(y_true, y_pred)
+    expected = [reference_angle(t, p) for t, p in zip(np.asarray(y_true), np.asarray(y_pred))]
+    np.testing.assert_allclose(theta, expected, rtol=1e-13, atol=1e-15)
+
+
 @pytest.mark.parametrize("difference_deg, expected_deg", [
     (0.0, 0.0), (30.0, 30.0), (-30.0, 30.0), (90.0, 90.0), (120.0, 120.0), (-150.0, 150.0),
     (179.9, 179.9), (180.0, 180.0), (270.0, 90.0), (359.0, 1.0),

@@ -431,13 +431,14 @@ def test_negative_ids_inside_jit_f2_are_background():
   np.testing.assert_array_equal(jitted(prediction, truth), jitted(np.maximum(prediction, 0), truth))
 
 
-def test_traced_options_are_accepted_and_checked_only_when_concrete():
-  """δ and σ may be traced (e.g. annealed inside jit); only Python numbers are range-checked."""
+def test_traced_options():
+  """σ may be traced (e.g. annealed inside jit) and is range-checked only as a Python number; δ selects
+  the angular loss's formula, so it must be static."""
   alpha, beta = np.array([0.1, 2.0]), np.array([0.5, -1.0])
-  theta = np.abs(beta - alpha)
   by_delta = jax.jit(lambda d: losses.angular_loss(
       losses.encode_orientation(alpha), losses.encode_orientation(beta), delta=d))
-  np.testing.assert_allclose(by_delta(0.7), np.mean(theta ** 1.7), rtol=1e-5)
+  with pytest.raises(TypeError, match="`delta` must be a static Python number"):
+    by_delta(0.7)
 
   @jax.jit
   def by_sigma(sigma):

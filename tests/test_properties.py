@@ -8,6 +8,7 @@ Runs are derandomised, so CI tests the same examples every time. Invariances
 are checked in float64 (`jax.enable_x64`), where they hold to rounding.
 """
 
+import functools
 import math
 
 from hypothesis import HealthCheck
@@ -71,7 +72,7 @@ def all_finite(tree) -> bool:
 # Angular loss: θ^(1+δ) ≥ 0, finite gradients everywhere (θ = 0, θ = π, zero vectors included), and
 # unchanged when both inputs are rotated by one angle and each vector is scaled by its own positive factor.
 
-@jax.jit
+@functools.partial(jax.jit, static_argnums=5)  # δ is static: it selects the formula.
 def angular_case(y_true, y_pred, angle, scale_true, scale_pred, delta):
   rotation = jnp.array([[jnp.cos(angle), -jnp.sin(angle)], [jnp.sin(angle), jnp.cos(angle)]])
   moved_true = scale_true[..., None] * (y_true @ rotation.T)
@@ -97,7 +98,7 @@ def vector_pairs(draw):
 
 
 @PROPERTY
-@given(vector_pairs(), floats(-10.0, 10.0), floats(0.0, 1.0))
+@given(vector_pairs(), floats(-10.0, 10.0), st.sampled_from([0.0, 0.2, 0.5, 1.0, 2.0]))
 def test_angular_loss_sign_gradients_and_rotation_invariance(pair, angle, delta):
   y_true, y_pred, scale_true, scale_pred = pair
   base, moved, swapped, gradients = in_float64(angular_case, y_true, y_pred, angle, scale_true, scale_pred, delta)
