@@ -1,11 +1,43 @@
-"""Input checks and reductions shared by every loss family."""
+"""Input checks and reductions shared by every loss family.
 
-from typing import Optional
+Every check runs at trace time, on shapes, dtypes and static options, so it
+costs nothing inside a jitted step. A wrong rank or mismatched shapes are
+chex `AssertionError`s; a dimension of impossible size (an odd 2D, no
+components, no channels) or shapes that do not broadcast are `ValueError`s;
+a wrong dtype (integers where floats are expected, and the reverse) is a
+`TypeError`; a bad option is a `ValueError` or, for a non-integer count, a
+`TypeError`. Each message names the argument, the shape it must have and the
+shape it got, e.g. "`task_losses` must have shape (N,) = (2,) like `weights`
+(2,), got (3,)". Values (label ids, say) can only be checked outside
+`jax.jit`; each function documents what it does with them inside.
+
+Empty inputs are not errors: a "mean" over no elements (an empty batch, no
+pixels, everything masked) is 0 with a zero gradient, never 0/0 = NaN; "sum"
+is 0 and "none" returns an empty array.
+"""
+
+import operator
+from typing import Any, Mapping, Optional, Sequence
 
 import chex
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 REDUCTIONS = ("mean", "sum", "none")
+
+
+def shape_message(name: str, shape: Sequence[int], expected: str, like: Optional[tuple[str, Any]] = None) -> str:
+  """The message "`name` must have shape EXPECTED [like `other` OTHER_SHAPE], got SHAPE"."""
+  text = f"`{name}` must have shape {expected}"
+  if like is not None:
+    text += f" like `{like[0]}` {tuple(like[1].shape)}"
+  return f"{text}, got {tuple(shape)}"
+
+
+def is_traced(x: Any) -> bool:
+  """True under `jax.jit`/`vmap`/`grad` tracing, where values cannot be inspected."""
+  return isinstance(x, jax.core.Tracer)
 
 
 def as_float(x: chex.Array, name: str) -> chex.Array:
@@ -22,6 +54,45 @@ def as_float(x: chex.Array, name: str) -> chex.Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def check_rank(x: chex.Array, name: str, rank: int, expected: str, like=None) -> chex.Array:
+  chex.assert_rank(x, rank, custom_message=shape_message(name, x.shape, expected, like))
+  return x
+
+
+def check_int(value: Any, name: str, *, minimum: Optional[int] = None) -> int:
+  """A static (Python or NumPy) integer option such as a number of segments."""
+  if isinstance(value, (bool, np.bool_)) or is_traced(value):
+    raise TypeError(f"`{name}` must be a static Python int, got {value!r}.")
+  try:
+    value = operator.index(value)
+  except TypeError:
+    raise TypeError(f"`{name}` must be a static Python int, got {value!r}.") from None
+  if minimum is not None and value < minimum:
+    raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
+  return value
+
+
+def check_number(value: Any, name: str, *, minimum: Optional[float] = None, strict: bool = False,
+                 why: str = "", static: bool = False) -> Any:
+  """A real scalar option; concrete values are range-checked, traced ones (under jit) pass unchecked
+  unless `static`, when the value selects the formula and must be known at trace time."""
+  if is_traced(value) and static:
+    raise TypeError(f"`{name}` must be a static Python number (it is used at trace time), "
+                    "got a traced value.")
+  if is_traced(value):
+    chex.assert_rank(value, 0, custom_message=f"`{name}` must be a scalar, got shape {value.shape}")
+    return value
+  try:
+    number = float(np.asarray(value).item()) if np.ndim(value) == 0 else None
+  except (TypeError, ValueError):
+    number = None
+  if number is None:
+    raise TypeError(f"`{name}` must be a real scalar, got {value!r}.")
+  if minimum is not None and not (number > minimum if strict else number >= minimum):
+    raise ValueError(f"`{name}` must be {'>' if strict else '>='} {minimum}{why}, got {value}.")
+  return value
+
+
 def check_reduction(reduction: str) -> None:
   if reduction not in REDUCTIONS:
     raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
@@ -33,12 +104,14 @@ def reduce_masked(values: chex.Array, mask: Optional[chex.Array], reduction: str
   `mask` (same shape as `values`, boolean or non-negative weights) zeroes the
   excluded elements with `jnp.where`, so that neither their value nor their
   gradient leaks into the result. "mean" divides by the number (total weight)
-  of included elements and is 0 when nothing is included.
+  of included elements and is 0, with a zero gradient, when nothing is
+  included (an empty batch or an all-zero mask).
   """
   check_reduction(reduction)
   if mask is not None:
+    mask = jnp.asarray(mask)
     chex.assert_equal_shape(
-        [values, mask], custom_message="`mask` must have the shape of the per-element loss")
+        [values, mask], custom_message=shape_message("mask", mask.shape, f"{values.shape}, that of the per-element loss"))
     weights = mask.astype(values.dtype)
     values = jnp.where(weights > 0, values * weights, 0.0)
   if reduction == "none":
@@ -50,3 +123,80 @@ def reduce_masked(values: chex.Array, mask: Optional[chex.Array], reduction: str
     return total / max(values.size, 1)
   # With nothing included `total` is 0, and 0 / tiny = 0.
   return total / jnp.maximum(jnp.sum(weights), jnp.finfo(values.dtype).tiny)
+
+
+def check_mixture(pred: chex.Array, name: str) -> chex.Array:
+  """A float `(B, I, 2D)` mixture: I ≥ 1 components of D ≥ 1 means then D standard deviations."""
+  pred = as_float(pred, name)
+  message = shape_message(name, pred.shape, "(B, I, 2D): D means then D standard deviations per component, "
+                          "I >= 1, D >= 1")
+  chex.assert_rank(pred, 3, custom_message=message)
+  if pred.shape[1] == 0 or pred.shape[2] == 0 or pred.shape[2] % 2:
+    raise ValueError(message)
+  return pred
+
+
+def broadcast_floats(arrays: Mapping[str, chex.Array], expected: str) -> tuple[chex.Array, ...]:
+  """Float arrays (named by the keys) that broadcast to one shape of rank ≥ 1, in a common dtype."""
+  arrays = {name: as_float(x, name) for name, x in arrays.items()}
+  shapes = ", ".join(f"`{name}` {x.shape}" for name, x in arrays.items())
+  try:
+    shape = jnp.broadcast_shapes(*(x.shape for x in arrays.values()))
+  except ValueError:
+    shape = None
+  if shape is None or len(shape) == 0:
+    raise ValueError(f"{shapes} must broadcast to one shape {expected} of rank >= 1.")
+  dtype = jnp.result_type(*arrays.values())
+  return tuple(x.astype(dtype) for x in arrays.values())
+
+
+def check_labels(labels: chex.Array, name: str, max_id: Optional[int] = None, *, limit: str = "",
+                 fill: Optional[int] = None) -> chex.Array:
+  """An integer `(B, H, W)` label map with ids in [0, `max_id`] (no upper bound if None).
+
+  Outside jit an id out of range is a `ValueError` (`limit` names the option
+  that sets `max_id`). Traced ids cannot be checked; with `fill` they are
+  replaced by it (e.g. the background id), otherwise returned as they are.
+  """
+  labels = jnp.asarray(labels)
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(f"`{name}` must be an integer label map (B, H, W), got dtype {labels.dtype}.")
+  chex.assert_rank(labels, 3, custom_message=shape_message(name, labels.shape, "(B, H, W)"))
+  if is_traced(labels):
+    if fill is not None:
+      valid = labels >= 0
+      if max_id is not None and max_id < jnp.iinfo(labels.dtype).max:
+        valid &= labels <= max_id
+      labels = jnp.where(valid, labels, fill)
+  elif labels.size:
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or (max_id is not None and high > max_id):
+      bounds = f"in [0, {max_id}]" if max_id is not None else ">= 0"
+      hint = f"; raise `{limit}`" if limit and max_id is not None and high > max_id else ""
+      raise ValueError(f"`{name}` must hold ids {bounds}, found [{low}, {high}]{hint}.")
+  return labels
+
+
+def check_embeddings(embeddings: chex.Array, name: str, like: chex.Array, like_name: str) -> chex.Array:
+  """Float `(B, H, W, C)` embeddings, C ≥ 1, sharing (B, H, W) with the `(B, H, W)` map `like`."""
+  embeddings = as_float(embeddings, name)
+  message = shape_message(name, embeddings.shape, "(B, H, W, C) with C >= 1", (like_name, like)) + (
+      " (they must share B, H, W)")
+  chex.assert_rank(embeddings, 4, custom_message=message)
+  chex.assert_equal_shape_prefix([like, embeddings], 3, custom_message=message)
+  if embeddings.shape[-1] == 0:
+    raise ValueError(message)
+  return embeddings
+
+
+def check_iou_thresholds(thresholds: Any) -> Any:
+  """Non-empty IoU thresholds in [0.5, 1), where one object can match at most one other (checked if concrete)."""
+  if is_traced(thresholds):
+    chex.assert_rank(thresholds, 1, custom_message=shape_message("thresholds", jnp.shape(thresholds), "(T,)"))
+    return thresholds
+  values = np.asarray(thresholds, np.float64)
+  if values.ndim != 1 or values.size == 0:
+    raise ValueError(shape_message("thresholds", values.shape, "(T,) with T >= 1"))
+  if not ((values >= 0.5) & (values < 1.0)).all():
+    raise ValueError(f"`thresholds` must lie in [0.5, 1) (matching is one-to-one only there), got {values.tolist()}.")
+  return thresholds

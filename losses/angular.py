@@ -140,6 +140,8 @@ def _angle(y_true: chex.Array, y_pred: chex.Array) -> tuple[chex.Array, chex.Arr
   t0, t1, p0, p1 = y_true[..., 0], y_true[..., 1], y_pred[..., 0], y_pred[..., 1]
   cross = t0 * p1 - t1 * p0
   dot = t0 * p0 + t1 * p1
+  # A zero vector makes both products ±0; atan2(0, −0) would read π, so −0 is read as +0.
+  dot = jnp.where(dot == 0, 0.0, dot)
   if y_true.dtype == jnp.float32:
     return _atan2_upper(jnp.abs(cross), dot), cross
   return jnp.arctan2(jnp.abs(cross), dot), cross
@@ -243,18 +245,21 @@ def angular_loss(
     y_true: `(..., 2)` target vectors, e.g. `(B, H, W, 2)`.
     y_pred: `(..., 2)` predicted vectors; only their direction matters.
     delta: the exponent offset δ ≥ 0; the gradient with respect to the
-      predicted angle is (1+δ)·θ^δ·sign(β − α), 0 at θ = 0.
+      predicted angle is (1+δ)·θ^δ·sign(β − α), 0 at θ = 0. A static
+      Python number: it selects the formula (no power for δ = 0, integer
+      powers, one exp/log otherwise), so a traced δ is a `TypeError`.
     mask: optional `(...)` boolean (or non-negative weight) array; pixels
       where it is 0 have no valid orientation and contribute neither value
       nor gradient.
-    reduction: "mean" over the unmasked pixels (0 if there are none), "sum",
-      or "none" for the `(...)` per-pixel loss (masked pixels set to 0).
+    reduction: "mean" over the unmasked pixels (0 with a zero gradient if
+      there are none, e.g. an empty batch `(0, H, W, 2)`), "sum", or "none"
+      for the `(...)` per-pixel loss (masked pixels set to 0).
 
   Returns:
     A scalar, or the `(...)` per-pixel loss for `reduction="none"`.
   """
-  if delta < 0:
-    raise ValueError(f"`delta` must be >= 0 (the gradient is infinite at 0 otherwise), got {delta}.")
+  _common.check_number(delta, "delta", minimum=0.0, why=" (the gradient is infinite at 0 otherwise)",
+                       static=True)
   _common.check_reduction(reduction)
   y_true, y_pred = _check_vector_pairs(y_true, y_pred)
   return _common.reduce_masked(_angle_power(y_true, y_pred, float(delta)), mask, reduction)
@@ -295,7 +300,8 @@ def orientation_metrics(
 
   Returns:
     `{"mean_abs_error_deg": ..., "within_5deg": ..., "within_10deg": ...}`
-    (one `within_*` entry per threshold), averaged over the unmasked pixels.
+    (one `within_*` entry per threshold), averaged over the unmasked pixels;
+    all 0 when there are none (an empty batch or an all-zero mask).
   """
   error_deg = jnp.degrees(angular_distance(y_true, y_pred)) * (0.5 if axial else 1.0)
   metrics = {"mean_abs_error_deg": _common.reduce_masked(error_deg, mask, "mean")}

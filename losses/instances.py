@@ -46,18 +46,6 @@ from losses import _common
 AIRBUS_THRESHOLDS = tuple(0.5 + 0.05 * i for i in range(10))
 
 
-def _check_labels(labels: chex.Array, name: str, max_id: int) -> chex.Array:
-  labels = jnp.asarray(labels)
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise TypeError(f"`{name}` must be an integer label map, got dtype {labels.dtype}.")
-  chex.assert_rank(labels, 3, custom_message=f"`{name}` {labels.shape} must have shape (B, H, W)")
-  if not isinstance(labels, jax.core.Tracer) and labels.size:
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high > max_id:
-      raise ValueError(f"`{name}` must hold ids in [0, {max_id}], found [{low}, {high}]; raise the id limit.")
-  return labels
-
-
 def _safe_norm(x: chex.Array) -> chex.Array:
   """‖x‖ over the last axis with gradient 0 (not NaN) at x = 0."""
   squared = jnp.sum(x * x, axis=-1)
@@ -81,21 +69,22 @@ def semi_conv_loss(
       of range is a `ValueError`; inside jit such pixels are ignored like
       background (they cannot be checked without a host round trip).
     embeddings: `(B, H, W, C)` semi-convolutional embeddings Ψ (e.g. from
-      `models.SemiConvolution`).
-    max_instances: static largest id; sets the number of segments.
-    background: the id excluded from the loss.
-    reduction: "mean" or "sum" over images, or "none" for `(B,)`.
+      `models.SemiConvolution`), C ≥ 1.
+    max_instances: static largest id (≥ 0); sets the number of segments.
+    background: the static id excluded from the loss; one outside
+      [0, `max_instances`] means every id is an instance.
+    reduction: "mean" or "sum" over images, or "none" for `(B,)`. An image
+      without instances (or without pixels, H·W = 0) adds 0; an empty batch
+      (B = 0) gives 0 with a zero gradient, or `(0,)`.
 
   Returns:
     A scalar, or `(B,)` for `reduction="none"`.
   """
   _common.check_reduction(reduction)
-  labels = _check_labels(labels, "labels", max_instances)
-  embeddings = _common.as_float(embeddings, "embeddings")
-  chex.assert_rank(embeddings, 4, custom_message=f"`embeddings` {embeddings.shape} must have shape (B, H, W, C)")
-  chex.assert_equal_shape_prefix(
-      [labels, embeddings], 3,
-      custom_message=f"`labels` {labels.shape} and `embeddings` {embeddings.shape} must share (B, H, W)")
+  max_instances = _common.check_int(max_instances, "max_instances", minimum=0)
+  background = _common.check_int(background, "background")
+  labels = _common.check_labels(labels, "labels", max_instances, limit="max_instances")
+  embeddings = _common.check_embeddings(embeddings, "embeddings", labels, "labels")
   num_segments = max_instances + 1
 
   def per_image(ids, psi):
@@ -117,6 +106,8 @@ def _compact_ids(labels: chex.Array, max_objects: int) -> chex.Array:
   # integer): what `jnp.unique(size=...)` returns, found with one sort of the
   # bare ids (a key-only sort; `unique` sorts with more operands and then
   # scatters, ~3× slower on CPU) and a binary search for where each new id starts.
+  if labels.size == 0:  # An image without pixels has no objects.
+    return labels
   ids = jnp.sort(labels.reshape(-1))
   starts_new_id = jnp.concatenate([jnp.ones((1,), bool), ids[1:] != ids[:-1]])
   rank = jnp.cumsum(starts_new_id) - 1
@@ -145,19 +136,24 @@ def f2_iou_score(
 
   Args:
     true_labels: `(B, H, W)` integer instance ids ≥ 0, any values; 0 is
-      background.
+      background. Outside jit a negative id is a `ValueError`; inside jit
+      (where values cannot be checked) negative ids are read as background.
     pred_labels: `(B, H, W)` predicted ids, same conventions.
-    max_objects: static bound on the objects per image on each side (the
-      table is (max_objects + 1)²); checked outside jit, and inside jit the
-      objects beyond it are merged.
-    thresholds: the IoU thresholds.
-    reduction: "mean" over images, "sum", or "none" for `(B,)`.
+    max_objects: static bound (≥ 0) on the objects per image on each side
+      (the table is (max_objects + 1)²); checked outside jit, and inside jit
+      the objects beyond it are merged.
+    thresholds: the IoU thresholds, non-empty, each in [0.5, 1).
+    reduction: "mean" over images, "sum", or "none" for `(B,)`. An image
+      without pixels (H·W = 0) has no objects on either side and scores 1;
+      the mean over an empty batch (B = 0) is 0.
   """
   _common.check_reduction(reduction)
-  true_labels = _check_labels(true_labels, "true_labels", np.iinfo(np.int32).max)
-  pred_labels = _check_labels(pred_labels, "pred_labels", np.iinfo(np.int32).max)
-  chex.assert_equal_shape([true_labels, pred_labels], custom_message=(
-      f"`true_labels` {true_labels.shape} and `pred_labels` {pred_labels.shape} must have the same shape"))
+  max_objects = _common.check_int(max_objects, "max_objects", minimum=0)
+  _common.check_iou_thresholds(thresholds)
+  true_labels = _common.check_labels(true_labels, "true_labels", None, fill=0)
+  pred_labels = _common.check_labels(pred_labels, "pred_labels", None, fill=0)
+  chex.assert_equal_shape([true_labels, pred_labels], custom_message=_common.shape_message(
+      "pred_labels", pred_labels.shape, "(B, H, W)", ("true_labels", true_labels)) + " (the same shape)")
   for name, labels in (("true_labels", true_labels), ("pred_labels", pred_labels)):
     if not isinstance(labels, jax.core.Tracer):
       most = max((len(np.unique(np.asarray(image)[np.asarray(image) != 0])) for image in labels), default=0)

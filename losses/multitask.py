@@ -47,7 +47,7 @@ with respect to the shared layer, which a loss-level interface does not see;
 it is not provided.
 """
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import chex
 import jax
@@ -59,16 +59,27 @@ PyTree = Any
 
 
 def _as_scalar_loss(loss: chex.Array, name: str) -> chex.Array:
-  """A scalar loss, or the batch mean of a per-example `(B,)` loss."""
+  """A scalar loss, or the batch mean of a per-example `(B,)` loss (0 for an empty batch)."""
   loss = _common.as_float(loss, name)
-  chex.assert_rank(loss, {0, 1}, custom_message=f"`{name}` {loss.shape} must be a scalar or a per-example (B,) loss")
-  return jnp.mean(loss)
+  _common.check_rank(loss, name, {0, 1}, "() or (B,): a scalar or a per-example loss")
+  return _common.reduce_masked(loss, None, "mean")
 
 
-def _check_task_losses(task_losses: chex.Array, num_tasks: int) -> chex.Array:
+def _check_vector(x: chex.Array, name: str, like: Optional[tuple[str, chex.Array]] = None) -> chex.Array:
+  """A float `(N,)` array, of the length of `like` if given."""
+  x = _common.as_float(x, name)
+  expected = "(N,)" if like is None else f"(N,) = ({like[1].shape[0]},)"
+  _common.check_rank(x, name, 1, expected, like)
+  if like is not None:
+    chex.assert_shape(x, like[1].shape, custom_message=_common.shape_message(name, x.shape, expected, like))
+  return x
+
+
+def _check_task_losses(task_losses: chex.Array, num_tasks: int, like=None) -> chex.Array:
   task_losses = _common.as_float(task_losses, "task_losses")
+  expected = f"(N,) = ({num_tasks},)"
   chex.assert_shape(task_losses, (num_tasks,),
-                    custom_message=f"`task_losses` {task_losses.shape} must have shape (N,) = ({num_tasks},)")
+                    custom_message=_common.shape_message("task_losses", task_losses.shape, expected, like))
   return task_losses
 
 
@@ -80,15 +91,15 @@ def trainable_alpha_loss(alpha: chex.Array, loss_1: chex.Array, loss_2: chex.Arr
       parametrisation, e.g. α = sigmoid(z)).
     loss_1, loss_2: scalars, or per-example `(B,)` losses, which are averaged
       over the batch first (each head has already reduced its own output
-      shape).
+      shape; the two B may differ). An empty `(0,)` loss averages to 0 with
+      a zero gradient.
 
   Returns:
     The scalar (α·sg(L1) − (1−α)·sg(L2))² + sg(α)·L1 + (1 − sg(α))·L2, whose
     gradients are ∂/∂α = 2(αL1 − (1−α)L2)(L1 + L2), ∂/∂L1 = α and
     ∂/∂L2 = 1 − α.
   """
-  alpha = _common.as_float(alpha, "alpha")
-  chex.assert_rank(alpha, 0, custom_message=f"`alpha` {alpha.shape} must be a scalar")
+  alpha = _common.check_rank(_common.as_float(alpha, "alpha"), "alpha", 0, "(): a scalar")
   task_losses = jnp.stack([_as_scalar_loss(loss_1, "loss_1"), _as_scalar_loss(loss_2, "loss_2")])
   return balanced_weights_loss(jnp.stack([alpha, 1.0 - alpha]), task_losses)
 
@@ -104,9 +115,8 @@ def balanced_weights_loss(weights: chex.Array, task_losses: chex.Array) -> chex.
 
   For N = 2 with weights (α, 1 − α) this is exactly `trainable_alpha_loss`.
   """
-  weights = _common.as_float(weights, "weights")
-  chex.assert_rank(weights, 1, custom_message=f"`weights` {weights.shape} must have shape (N,)")
-  task_losses = _check_task_losses(task_losses, weights.shape[0])
+  weights = _check_vector(weights, "weights")
+  task_losses = _check_task_losses(task_losses, weights.shape[0], ("weights", weights))
   weighted = weights * jax.lax.stop_gradient(task_losses)
   differences = weighted[:, None] - weighted[None, :]
   balance = 0.5 * jnp.sum(differences ** 2)  # Each pair appears twice in the full matrix.
@@ -119,9 +129,8 @@ def uncertainty_weighted_loss(log_variances: chex.Array, task_losses: chex.Array
   The optimum in sᵢ is e^{sᵢ} = Lᵢ, i.e. every task's effective weight is
   1/(2Lᵢ).
   """
-  log_variances = _common.as_float(log_variances, "log_variances")
-  chex.assert_rank(log_variances, 1, custom_message=f"`log_variances` {log_variances.shape} must have shape (N,)")
-  task_losses = _check_task_losses(task_losses, log_variances.shape[0])
+  log_variances = _check_vector(log_variances, "log_variances")
+  task_losses = _check_task_losses(task_losses, log_variances.shape[0], ("log_variances", log_variances))
   return jnp.sum(0.5 * jnp.exp(-log_variances) * task_losses + 0.5 * log_variances)
 
 
@@ -137,10 +146,10 @@ def dwa_weights(
   Returns:
     `(N,)` weights summing to N, larger for the tasks whose loss fell least.
   """
-  previous_losses = _common.as_float(previous_losses, "previous_losses")
-  before_previous_losses = _common.as_float(before_previous_losses, "before_previous_losses")
-  chex.assert_equal_shape([previous_losses, before_previous_losses],
-                          custom_message="`previous_losses` and `before_previous_losses` must both be (N,)")
+  previous_losses = _check_vector(previous_losses, "previous_losses")
+  before_previous_losses = _check_vector(
+      before_previous_losses, "before_previous_losses", ("previous_losses", previous_losses))
+  _common.check_number(temperature, "temperature", minimum=0.0, strict=True)
   ratios = previous_losses / before_previous_losses
   return previous_losses.shape[0] * jax.nn.softmax(ratios / temperature)
 
@@ -198,8 +207,13 @@ def loss_weighting(
     num_tasks: N.
     fixed_weights: the N weights of "fixed".
     dwa_period: steps per DWA period (its "epoch").
-    dwa_temperature: DWA's T.
+    dwa_temperature: DWA's T > 0.
+
+  Raises:
+    ValueError: for an unknown `name`, `num_tasks` < 1, `dwa_period` < 1,
+      `dwa_temperature` ≤ 0 or `fixed_weights` of the wrong length.
   """
+  num_tasks = _common.check_int(num_tasks, "num_tasks", minimum=1)
   if name == "fixed":
     if len(fixed_weights) != num_tasks:
       raise ValueError(f"'fixed' weighting needs {num_tasks} `fixed_weights`, got {tuple(fixed_weights)}.")
@@ -223,6 +237,9 @@ def loss_weighting(
     return LossWeighting(init=lambda: ({"log_variances": jnp.zeros(num_tasks)}, {}), combine=combine_uncertainty)
 
   if name == "dwa":
+    dwa_period = _common.check_int(dwa_period, "dwa_period", minimum=1)
+    _common.check_number(dwa_temperature, "dwa_temperature", minimum=0.0, strict=True)
+
     def init_dwa():
       history = {"running_sum": jnp.zeros(num_tasks), "steps": jnp.zeros((), jnp.int32),
                  "previous": jnp.ones(num_tasks), "before_previous": jnp.ones(num_tasks),

@@ -28,7 +28,7 @@ Numerical choices, and where the result differs from `torchpropel`:
   predictions and float32 keeps ~1e-6 absolute accuracy even at D = 128.
   With m = max(σ_a, σ_b) and q = 1 + (min/max)² ∈ [1, 2] (so s² = σ_a² + σ_b²
   = m²q), log G(a, b) − log H(P_gt) = −Σ_d [log(m/σ) + ½ log(q/2) + ½ z²],
-  z² = ((μ_a − μ_b)/m)²/q: log(m/σ) is the larger of the components' own
+  z² = (μ_a − μ_b)²/s²: log(m/σ) is the larger of the components' own
   log(σ_i/σ), computed once per component, and the q terms take one log of
   a product per pair (per 64 dimensions; the factors are in [½, 1], so the
   product cannot underflow) instead of one log per dimension. T1 is a
@@ -39,9 +39,9 @@ Numerical choices, and where the result differs from `torchpropel`:
   inf, NaN gradients) for a target a few units from the prediction,
   overflow for D ≥ 16, and expands (a − b)² as 2ab − a² − b², which cancels
   catastrophically for means around 1e3 (negative losses) and 1e4 (NaN).
-  Here (μ_a − μ_b) is formed directly and no square of a standard deviation
-  enters the value, so tiny standard deviations are used as given
-  (`torchpropel` clamps the variance products to machine epsilon).
+  Here (μ_a − μ_b) is formed directly, and where m² would underflow z² is
+  formed as ((μ_a − μ_b)/m)²/q, so tiny standard deviations are used as
+  given (`torchpropel` clamps the variance products to machine epsilon).
 * The matrix is symmetric: only its diagonal and, for each offset k ≤ I/2,
   the pairs (i, i + k mod I) are evaluated (I·⌊I/2⌋ pairs instead of I²), on
   arrays of the input's own layout, rolled along the component axis; no
@@ -77,12 +77,8 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def split_mixture(pred: chex.Array) -> tuple[chex.Array, chex.Array]:
-  """Splits a `(B, I, 2D)` output into means and standard deviations, each `(B, I, D)`."""
-  pred = _common.as_float(pred, "pred")
-  message = f"`pred` {pred.shape} must have shape (B, I, 2D): D means then D standard deviations per component"
-  chex.assert_rank(pred, 3, custom_message=message)
-  if pred.shape[-1] % 2 or pred.shape[-1] == 0:
-    raise ValueError(message)
+  """Splits a `(B, I, 2D)` output (I ≥ 1, D ≥ 1) into means and standard deviations, each `(B, I, D)`."""
+  pred = _common.check_mixture(pred, "pred")
   dims = pred.shape[-1] // 2
   return pred[..., :dims], pred[..., dims:]
 
@@ -94,6 +90,8 @@ def constrain_mixture(raw: chex.Array, *, min_std: float = 1e-3) -> chex.Array:
   softplus(raw) + `min_std`, positive with a floor that keeps the density
   from collapsing onto a point.
   """
+  raw = _common.check_mixture(raw, "raw")
+  _common.check_number(min_std, "min_std", minimum=0.0)
   means, raw_stds = split_mixture(raw)
   return jnp.concatenate([means, jax.nn.softplus(raw_stds) + min_std], axis=-1)
 
@@ -114,9 +112,12 @@ def log_gaussian_overlap(
     mean_a: chex.Array, std_a: chex.Array, mean_b: chex.Array, std_b: chex.Array) -> chex.Array:
   """log G(a, b) = log ∫ N(x; μ_a, σ_a²) N(x; μ_b, σ_b²) dx for diagonal Gaussians.
 
-  All four arguments broadcast against each other; the last axis is the
-  dimension D and is summed over. Standard deviations must be positive.
+  All four arguments are float arrays that broadcast against each other to
+  a shape `(..., D)` of rank ≥ 1; the last axis is the dimension D and is
+  summed over. Standard deviations must be positive.
   """
+  mean_a, std_a, mean_b, std_b = _common.broadcast_floats(
+      {"mean_a": mean_a, "std_a": std_a, "mean_b": mean_b, "std_b": std_b}, "(..., D)")
   dims = jnp.broadcast_shapes(*(jnp.shape(a) for a in (mean_a, std_a, mean_b, std_b)))[-1]
   return _relative_log_overlap(mean_a, std_a, mean_b, std_b, 1.0) - dims * _LOG_SQRT_2PI
 
@@ -180,23 +181,24 @@ def _pair_terms(diff, std_a, std_b, log_a, log_b):
   q = 1 + (min/max)² ∈ [1, 2], s² = σ_a² + σ_b² = m²·q and the overlap relative
   to H(P_gt) (the overlap at s² = 2σ²) is
 
-      −Σ_d [log(m/σ) + ½ log(q/2) + ½ z²],   z² = ((μ_a − μ_b)/m)²/q,
+      −Σ_d [log(m/σ) + ½ log(q/2) + ½ z²],   z² = (μ_a − μ_b)²/s²,
 
   with log(m/σ) = max(log_a, log_b) (no new log) and one log of a product of
-  D factors in [½, 1] (per 64 dimensions). No square of a standard deviation
-  enters the value, so it is finite wherever z is. Returns the `(...)` log
-  overlaps and, per dimension, z² and 1/s², for the gradient: −(μ_a − μ_b)/s²
-  with respect to μ_a, σ_a·(z² − 1)/s² with respect to σ_a (these overflow
-  where autodiff of the direct formula would, for s below ~1e-19 in float32).
+  D factors in [½, 1] (per 64 dimensions). Where m² underflows (m below
+  ~1e-19 in float32), z² is formed as ((μ_a − μ_b)/m)²/q instead, so the
+  value is finite wherever z is. Returns the `(...)` log overlaps and, per
+  dimension, z² and 1/s², for the gradient: −(μ_a − μ_b)/s² with respect to
+  μ_a, σ_a·(z² − 1)/s² with respect to σ_a (these overflow where autodiff of
+  the direct formula would).
   """
   larger, smaller = jnp.maximum(std_a, std_b), jnp.minimum(std_a, std_b)
   ratio = smaller / larger  # Exactly 1 for equal standard deviations.
   q = 1.0 + ratio * ratio
-  scaled_diff = diff / larger
-  z2 = scaled_diff * scaled_diff / q
+  inverse_variance = 1.0 / (larger * larger * q)
+  z2 = jnp.where(inverse_variance < jnp.inf, diff * diff * inverse_variance, jnp.square(diff / larger) / q)
   log_overlap = -(jnp.sum(jnp.maximum(log_a, log_b), axis=-1) + 0.5 * _log_product_of_halves(q)
                   + 0.5 * jnp.sum(z2, axis=-1))
-  return log_overlap, z2, 1.0 / (larger * larger * q)
+  return log_overlap, z2, inverse_variance
 
 
 def _roll_components(x: chex.Array, shift: int) -> chex.Array:
@@ -303,13 +305,15 @@ def propel_loss(
       Gaussians.
     sigma: standard deviation of the isotropic ground-truth Gaussian.
     reduction: "mean" or "sum" over the batch, or "none" for shape `(B,)`.
+      An empty batch (B = 0) gives 0 with a zero gradient ("mean", "sum")
+      or `(0,)`.
 
   Returns:
     A scalar, or `(B,)` for `reduction="none"`; ≥ 0, in log10 units.
   """
   _common.check_reduction(reduction)
-  if not sigma > 0:
-    raise ValueError(f"`sigma` (the ground-truth standard deviation) must be > 0, got {sigma}.")
+  _common.check_number(sigma, "sigma", minimum=0.0, strict=True, why=" (the ground-truth standard deviation)",
+                       static=True)
   means, _, target = _check_mixture_and_point(pred, target, "target")
   # `pred` itself (not a concatenation of its halves) is the differentiated input,
   # so its gradient is built once, without padding and adding the halves.

@@ -14,9 +14,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from losses import _common
+
 
 def normalised_coordinates(height: int, width: int) -> jax.Array:
-  """`(H, W, 2)` pixel coordinates (x to the right, y down), each in [−1, 1] along its axis."""
+  """`(H, W, 2)` pixel coordinates (x to the right, y down), each in [−1, 1] along its axis.
+
+  `height` and `width` are static ints ≥ 0 (0 gives an empty grid); a side of
+  1 pixel has the coordinate −1.
+  """
+  height = _common.check_int(height, "height", minimum=0)
+  width = _common.check_int(width, "width", minimum=0)
   y, x = jnp.meshgrid(jnp.linspace(-1.0, 1.0, height), jnp.linspace(-1.0, 1.0, width), indexing="ij")
   return jnp.stack([x, y], axis=-1)
 
@@ -56,15 +64,24 @@ def extract_instances(
   to a new instance. Rounds after the foreground is used up do nothing.
 
   Args:
-    foreground: `(B, H, W)` foreground probabilities.
-    embeddings: `(B, H, W, C)` embeddings Ψ.
-    max_instances: static number of rounds, the most instances per image.
-    distance: clustering radius in embedding units.
+    foreground: `(B, H, W)` float foreground probabilities.
+    embeddings: `(B, H, W, C)` float embeddings Ψ, C ≥ 1.
+    max_instances: static number of rounds (≥ 0), the most instances per
+      image.
+    distance: clustering radius ≥ 0 in embedding units.
     foreground_threshold: probability above which a pixel is foreground.
 
   Returns:
-    `(B, H, W)` int32 labels: 0 background, 1…`max_instances` instances.
+    `(B, H, W)` int32 labels: 0 background, 1…`max_instances` instances;
+    all 0 for images without pixels (H·W = 0), empty for B = 0.
   """
+  foreground = _common.check_rank(_common.as_float(foreground, "foreground"), "foreground", 3, "(B, H, W)")
+  embeddings = _common.check_embeddings(embeddings, "embeddings", foreground, "foreground")
+  max_instances = _common.check_int(max_instances, "max_instances", minimum=0)
+  _common.check_number(distance, "distance", minimum=0.0)
+  _common.check_number(foreground_threshold, "foreground_threshold")
+  if foreground.shape[1] * foreground.shape[2] == 0:
+    return jnp.zeros(foreground.shape, jnp.int32)
 
   def per_image(probability, psi):
     probability, psi = probability.reshape(-1), psi.reshape(-1, psi.shape[-1])
@@ -90,8 +107,14 @@ def connected_components(mask: jax.Array) -> jax.Array:
   Every foreground pixel starts with its own index + 1 and repeatedly takes
   the smallest label among itself and its foreground neighbours until nothing
   changes (`lax.while_loop`), so each component ends with the smallest index
-  in it. Ids are not consecutive.
+  in it. Ids are not consecutive. An empty batch or image gives an empty
+  label map of the same shape.
   """
+  mask = jnp.asarray(mask)
+  if mask.dtype != jnp.bool_:
+    raise TypeError(f"`mask` must be a boolean (B, H, W) array, got dtype {mask.dtype}; "
+                    "threshold it first, e.g. `probability > 0.5`.")
+  _common.check_rank(mask, "mask", 3, "(B, H, W)")
   height, width = mask.shape[1:]
   start = jnp.where(mask, jnp.arange(1, height * width + 1).reshape(height, width), 0)
   big = height * width + 1

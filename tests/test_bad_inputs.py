@@ -1,0 +1,444 @@
+"""Bad input to every public function: a clear error, or the documented behaviour.
+
+Each row of `CASES` calls one public function of `losses` or `models` with one
+bad argument and expects the exception type and a message that names the
+argument and what it should be (for shapes: the expected shape). Errors are
+raised at trace time, from shapes, dtypes and static options, so inside
+`jax.jit` too. The behaviours that are not errors (empty batches, ids out of
+range inside jit, traced options) are tested below the table.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import losses
+from models import connected_components
+from models import extract_instances
+from models import normalised_coordinates
+
+
+def f32(*shape):
+  return np.ones(shape, np.float32)
+
+
+def i32(*shape):
+  return np.ones(shape, np.int32)
+
+
+def says(*pieces: str) -> str:
+  """A regex matching the pieces, in order, anywhere in the message."""
+  return ".*".join(re.escape(piece) for piece in pieces)
+
+
+def combine_three_losses_for_two_tasks(name):
+  weighting = losses.loss_weighting(name, num_tasks=2, fixed_weights=(0.5, 0.5))
+  params, state = weighting.init()
+  return weighting.combine(params, state, f32(3))
+
+
+LABELS = np.array([[[0, 1], [2, 5]]], np.int32)  # (1, 2, 2), ids up to 5.
+EMBEDDINGS = f32(1, 2, 2, 3)
+
+# (id, call, exception, message regex).
+CASES = [
+    # Angular losses: (..., 2) vector pairs of one shape.
+    ("angular_distance/rank 0", lambda: losses.angular_distance(f32(), f32()),
+     AssertionError, says("`y_true`", "(..., 2)")),
+    ("angular_distance/last dim 3", lambda: losses.angular_distance(f32(4, 3), f32(4, 3)),
+     AssertionError, says("`y_true`", "(4, 3)", "(..., 2)")),
+    ("angular_distance/mismatch", lambda: losses.angular_distance(f32(4, 2), f32(4, 3)),
+     AssertionError, says("`y_true` (4, 2)", "`y_pred` (4, 3)", "(..., 2)")),
+    ("angular_distance/int y_true", lambda: losses.angular_distance(i32(4, 2), f32(4, 2)),
+     TypeError, says("`y_true`", "floating-point")),
+    ("angular_loss/mismatch", lambda: losses.angular_loss(f32(2, 8, 8, 2), f32(2, 8, 7, 2)),
+     AssertionError, says("`y_true` (2, 8, 8, 2)", "`y_pred` (2, 8, 7, 2)", "(..., 2)")),
+    ("angular_loss/int y_pred", lambda: losses.angular_loss(f32(3, 2), i32(3, 2)),
+     TypeError, says("`y_pred`", "floating-point")),
+    ("angular_loss/bool y_pred", lambda: losses.angular_loss(f32(3, 2), np.ones((3, 2), bool)),
+     TypeError, says("`y_pred`", "floating-point")),
+    ("angular_loss/mask shape", lambda: losses.angular_loss(f32(3, 2), f32(3, 2), mask=f32(4)),
+     AssertionError, says("`mask` must have shape (3,)", "got (4,)")),
+    ("angular_loss/mask keeps last axis", lambda: losses.angular_loss(f32(3, 2), f32(3, 2), mask=f32(3, 2)),
+     AssertionError, says("`mask` must have shape (3,)", "got (3, 2)")),
+    ("angular_loss/negative delta", lambda: losses.angular_loss(f32(3, 2), f32(3, 2), delta=-0.5),
+     ValueError, says("`delta` must be >= 0")),
+    ("angular_loss/delta not a number", lambda: losses.angular_loss(f32(3, 2), f32(3, 2), delta="big"),
+     TypeError, says("`delta`", "scalar")),
+    ("angular_loss/reduction", lambda: losses.angular_loss(f32(3, 2), f32(3, 2), reduction="avg"),
+     ValueError, says("`reduction`", "'mean', 'sum', 'none'")),
+    ("encode_orientation/int angle", lambda: losses.encode_orientation(i32(3)),
+     TypeError, says("`angle`", "floating-point")),
+    ("decode_orientation/last dim 3", lambda: losses.decode_orientation(f32(4, 3)),
+     AssertionError, says("`vectors` (4, 3)", "(..., 2)")),
+    ("decode_orientation/rank 0", lambda: losses.decode_orientation(f32()),
+     AssertionError, says("`vectors` ()", "(..., 2)")),
+    ("decode_orientation/int", lambda: losses.decode_orientation(i32(4, 2)),
+     TypeError, says("`vectors`", "floating-point")),
+    ("orientation_metrics/mismatch", lambda: losses.orientation_metrics(f32(5, 2), f32(4, 2)),
+     AssertionError, says("`y_true` (5, 2)", "`y_pred` (4, 2)", "(..., 2)")),
+    ("orientation_metrics/mask shape", lambda: losses.orientation_metrics(f32(3, 2), f32(3, 2), mask=f32(3, 1)),
+     AssertionError, says("`mask` must have shape (3,)", "got (3, 1)")),
+    ("orientation_metrics/int", lambda: losses.orientation_metrics(i32(3, 2), f32(3, 2)),
+     TypeError, says("`y_true`", "floating-point")),
+
+    # PROPEL: pred (B, I, 2D) with I, D >= 1; target/point (B, D); log_weights (B, I).
+    ("propel_loss/pred rank 2", lambda: losses.propel_loss(f32(4, 3), f32(4, 2)),
+     AssertionError, says("`pred` must have shape (B, I, 2D)", "got (4, 3)")),
+    ("propel_loss/pred rank 4", lambda: losses.propel_loss(f32(4, 3, 4, 4), f32(4, 2)),
+     AssertionError, says("`pred` must have shape (B, I, 2D)", "got (4, 3, 4, 4)")),
+    ("propel_loss/odd last dim", lambda: losses.propel_loss(f32(4, 3, 5), f32(4, 2)),
+     ValueError, says("`pred` must have shape (B, I, 2D)", "got (4, 3, 5)")),
+    ("propel_loss/empty last dim", lambda: losses.propel_loss(f32(4, 3, 0), f32(4, 0)),
+     ValueError, says("`pred` must have shape (B, I, 2D)", "D >= 1", "got (4, 3, 0)")),
+    ("propel_loss/no components", lambda: losses.propel_loss(f32(4, 0, 4), f32(4, 2)),
+     ValueError, says("`pred` must have shape (B, I, 2D)", "I >= 1", "got (4, 0, 4)")),
+    ("propel_loss/target D", lambda: losses.propel_loss(f32(4, 3, 4), f32(4, 3)),
+     AssertionError, says("`target` (4, 3)", "(B, D) = (4, 2)", "`pred` (4, 3, 4)")),
+    ("propel_loss/target B", lambda: losses.propel_loss(f32(4, 3, 4), f32(5, 2)),
+     AssertionError, says("`target` (5, 2)", "(B, D) = (4, 2)")),
+    ("propel_loss/target rank 1", lambda: losses.propel_loss(f32(4, 3, 2), f32(4)),
+     AssertionError, says("`target` (4,)", "(B, D) = (4, 1)")),
+    ("propel_loss/int pred", lambda: losses.propel_loss(i32(2, 1, 2), f32(2, 1)),
+     TypeError, says("`pred`", "floating-point")),
+    ("propel_loss/int target", lambda: losses.propel_loss(f32(2, 1, 2), i32(2, 1)),
+     TypeError, says("`target`", "floating-point")),
+    ("propel_loss/sigma 0", lambda: losses.propel_loss(f32(2, 1, 2), f32(2, 1), sigma=0.0),
+     ValueError, says("`sigma` must be > 0")),
+    ("propel_loss/sigma nan", lambda: losses.propel_loss(f32(2, 1, 2), f32(2, 1), sigma=float("nan")),
+     ValueError, says("`sigma` must be > 0")),
+    ("propel_loss/reduction", lambda: losses.propel_loss(f32(2, 1, 2), f32(2, 1), reduction="max"),
+     ValueError, says("`reduction`")),
+    ("split_mixture/odd last dim", lambda: losses.split_mixture(f32(2, 3, 3)),
+     ValueError, says("`pred` must have shape (B, I, 2D)", "got (2, 3, 3)")),
+    ("split_mixture/int", lambda: losses.split_mixture(i32(2, 3, 4)),
+     TypeError, says("`pred`", "floating-point")),
+    ("constrain_mixture/rank", lambda: losses.constrain_mixture(f32(3, 4)),
+     AssertionError, says("`raw` must have shape (B, I, 2D)", "got (3, 4)")),
+    ("constrain_mixture/int", lambda: losses.constrain_mixture(i32(2, 3, 4)),
+     TypeError, says("`raw`", "floating-point")),
+    ("constrain_mixture/negative min_std", lambda: losses.constrain_mixture(f32(2, 3, 4), min_std=-1.0),
+     ValueError, says("`min_std` must be >= 0")),
+    ("mixture_log_density/point D", lambda: losses.mixture_log_density(f32(2, 3, 4), f32(2, 3)),
+     AssertionError, says("`point` (2, 3)", "(B, D) = (2, 2)")),
+    ("mixture_log_density/log_weights", lambda: losses.mixture_log_density(f32(2, 3, 4), f32(2, 2),
+                                                                           log_weights=f32(2, 2)),
+     AssertionError, says("`log_weights` (2, 2)", "(B, I) = (2, 3)")),
+    ("mixture_log_density/int point", lambda: losses.mixture_log_density(f32(2, 3, 4), i32(2, 2)),
+     TypeError, says("`point`", "floating-point")),
+    ("mixture_log_density/no components", lambda: losses.mixture_log_density(f32(2, 0, 4), f32(2, 2)),
+     ValueError, says("`pred`", "I >= 1", "got (2, 0, 4)")),
+    ("mixture_mean/log_weights", lambda: losses.mixture_mean(f32(2, 3, 4), log_weights=f32(3)),
+     AssertionError, says("`log_weights` (3,)", "(B, I) = (2, 3)")),
+    ("mixture_mean/int log_weights", lambda: losses.mixture_mean(f32(2, 3, 4), log_weights=i32(2, 3)),
+     TypeError, says("`log_weights`", "floating-point")),
+    ("mixture_mean/rank", lambda: losses.mixture_mean(f32(3, 4)),
+     AssertionError, says("`pred` must have shape (B, I, 2D)", "got (3, 4)")),
+    ("log_gaussian_overlap/mismatch", lambda: losses.log_gaussian_overlap(f32(3, 2), f32(3, 2), f32(4, 2), f32(4, 2)),
+     ValueError, says("`mean_a` (3, 2)", "`mean_b` (4, 2)", "broadcast", "(..., D)")),
+    ("log_gaussian_overlap/scalars", lambda: losses.log_gaussian_overlap(f32(), f32(), f32(), f32()),
+     ValueError, says("`mean_a` ()", "(..., D) of rank >= 1")),
+    ("log_gaussian_overlap/int", lambda: losses.log_gaussian_overlap(f32(2), f32(2), f32(2), i32(2)),
+     TypeError, says("`std_b`", "floating-point")),
+
+    # Multi-task weighting: scalars, (B,) losses and (N,) vectors.
+    ("trainable_alpha_loss/alpha rank", lambda: losses.trainable_alpha_loss(f32(2), 1.0, 1.0),
+     AssertionError, says("`alpha` must have shape ()", "got (2,)")),
+    ("trainable_alpha_loss/int alpha", lambda: losses.trainable_alpha_loss(np.int32(1), 1.0, 1.0),
+     TypeError, says("`alpha`", "floating-point")),
+    ("trainable_alpha_loss/loss_1 rank", lambda: losses.trainable_alpha_loss(0.5, f32(2, 3), 1.0),
+     AssertionError, says("`loss_1` must have shape () or (B,)", "got (2, 3)")),
+    ("trainable_alpha_loss/int loss_2", lambda: losses.trainable_alpha_loss(0.5, 1.0, i32()),
+     TypeError, says("`loss_2`", "floating-point")),
+    ("balanced_weights_loss/weights rank", lambda: losses.balanced_weights_loss(f32(2, 2), f32(2)),
+     AssertionError, says("`weights` must have shape (N,)", "got (2, 2)")),
+    ("balanced_weights_loss/mismatch", lambda: losses.balanced_weights_loss(f32(2), f32(3)),
+     AssertionError, says("`task_losses` must have shape (N,) = (2,)", "`weights` (2,)", "got (3,)")),
+    ("balanced_weights_loss/int", lambda: losses.balanced_weights_loss(f32(2), i32(2)),
+     TypeError, says("`task_losses`", "floating-point")),
+    ("uncertainty_weighted_loss/mismatch", lambda: losses.uncertainty_weighted_loss(f32(2), f32(3)),
+     AssertionError, says("`task_losses` must have shape (N,) = (2,)", "`log_variances` (2,)", "got (3,)")),
+    ("uncertainty_weighted_loss/rank", lambda: losses.uncertainty_weighted_loss(f32(), f32()),
+     AssertionError, says("`log_variances` must have shape (N,)", "got ()")),
+    ("uncertainty_weighted_loss/int", lambda: losses.uncertainty_weighted_loss(i32(2), f32(2)),
+     TypeError, says("`log_variances`", "floating-point")),
+    ("dwa_weights/scalars", lambda: losses.dwa_weights(f32(), f32()),
+     AssertionError, says("`previous_losses` must have shape (N,)", "got ()")),
+    ("dwa_weights/mismatch", lambda: losses.dwa_weights(f32(2), f32(3)),
+     AssertionError, says("`before_previous_losses` must have shape (N,) = (2,)", "`previous_losses` (2,)",
+                          "got (3,)")),
+    ("dwa_weights/int", lambda: losses.dwa_weights(f32(2), i32(2)),
+     TypeError, says("`before_previous_losses`", "floating-point")),
+    ("dwa_weights/temperature", lambda: losses.dwa_weights(f32(2), f32(2), temperature=0.0),
+     ValueError, says("`temperature` must be > 0")),
+    ("loss_weighting/name", lambda: losses.loss_weighting("gradnorm", num_tasks=2),
+     ValueError, says("Unknown loss weighting 'gradnorm'")),
+    ("loss_weighting/num_tasks 0", lambda: losses.loss_weighting("trainable", num_tasks=0),
+     ValueError, says("`num_tasks` must be >= 1")),
+    ("loss_weighting/num_tasks float", lambda: losses.loss_weighting("trainable", num_tasks=2.0),
+     TypeError, says("`num_tasks`", "int")),
+    ("loss_weighting/fixed_weights", lambda: losses.loss_weighting("fixed", num_tasks=3, fixed_weights=(0.5, 0.5)),
+     ValueError, says("3 `fixed_weights`")),
+    ("loss_weighting/dwa_period", lambda: losses.loss_weighting("dwa", num_tasks=2, dwa_period=0),
+     ValueError, says("`dwa_period` must be >= 1")),
+    ("loss_weighting/dwa_temperature", lambda: losses.loss_weighting("dwa", num_tasks=2, dwa_temperature=-1.0),
+     ValueError, says("`dwa_temperature` must be > 0")),
+] + [
+    (f"loss_weighting/{name} combine task_losses", lambda name=name: combine_three_losses_for_two_tasks(name),
+     AssertionError, says("`task_losses` must have shape (N,) = (2,)", "got (3,)"))
+    for name in ("fixed", "trainable", "uncertainty", "dwa")
+] + [
+    # Instances: integer (B, H, W) label maps, float (B, H, W, C) embeddings.
+    ("semi_conv_loss/float labels", lambda: losses.semi_conv_loss(LABELS.astype(np.float32), EMBEDDINGS,
+                                                                  max_instances=5),
+     TypeError, says("`labels`", "integer", "(B, H, W)")),
+    ("semi_conv_loss/bool labels", lambda: losses.semi_conv_loss(LABELS > 0, EMBEDDINGS, max_instances=5),
+     TypeError, says("`labels`", "integer", "(B, H, W)")),
+    ("semi_conv_loss/labels rank", lambda: losses.semi_conv_loss(LABELS[0], EMBEDDINGS[0], max_instances=5),
+     AssertionError, says("`labels` must have shape (B, H, W)", "got (2, 2)")),
+    ("semi_conv_loss/embeddings rank", lambda: losses.semi_conv_loss(LABELS, EMBEDDINGS[..., 0], max_instances=5),
+     AssertionError, says("`embeddings` must have shape (B, H, W, C)", "`labels` (1, 2, 2)", "got (1, 2, 2)")),
+    ("semi_conv_loss/mismatch", lambda: losses.semi_conv_loss(LABELS, f32(1, 2, 3, 3), max_instances=5),
+     AssertionError, says("`embeddings` must have shape (B, H, W, C)", "`labels` (1, 2, 2)", "got (1, 2, 3, 3)")),
+    ("semi_conv_loss/no channels", lambda: losses.semi_conv_loss(LABELS, f32(1, 2, 2, 0), max_instances=5),
+     ValueError, says("`embeddings` must have shape (B, H, W, C) with C >= 1", "got (1, 2, 2, 0)")),
+    ("semi_conv_loss/int embeddings", lambda: losses.semi_conv_loss(LABELS, i32(1, 2, 2, 3), max_instances=5),
+     TypeError, says("`embeddings`", "floating-point")),
+    ("semi_conv_loss/id above max_instances", lambda: losses.semi_conv_loss(LABELS, EMBEDDINGS, max_instances=4),
+     ValueError, says("`labels` must hold ids in [0, 4], found [0, 5]", "`max_instances`")),
+    ("semi_conv_loss/negative id", lambda: losses.semi_conv_loss(-LABELS, EMBEDDINGS, max_instances=5),
+     ValueError, says("`labels` must hold ids in [0, 5], found [-5, 0]")),
+    ("semi_conv_loss/negative max_instances", lambda: losses.semi_conv_loss(0 * LABELS, EMBEDDINGS, max_instances=-1),
+     ValueError, says("`max_instances` must be >= 0")),
+    ("semi_conv_loss/float max_instances", lambda: losses.semi_conv_loss(LABELS, EMBEDDINGS, max_instances=5.0),
+     TypeError, says("`max_instances`", "int")),
+    ("semi_conv_loss/float background", lambda: losses.semi_conv_loss(LABELS, EMBEDDINGS, max_instances=5,
+                                                                      background=0.5),
+     TypeError, says("`background`", "int")),
+    ("semi_conv_loss/reduction", lambda: losses.semi_conv_loss(LABELS, EMBEDDINGS, max_instances=5, reduction="avg"),
+     ValueError, says("`reduction`")),
+    ("f2_iou_score/float labels", lambda: losses.f2_iou_score(LABELS.astype(np.float32), LABELS),
+     TypeError, says("`true_labels`", "integer", "(B, H, W)")),
+    ("f2_iou_score/rank", lambda: losses.f2_iou_score(LABELS, LABELS[0]),
+     AssertionError, says("`pred_labels` must have shape (B, H, W)", "got (2, 2)")),
+    ("f2_iou_score/mismatch", lambda: losses.f2_iou_score(LABELS, i32(1, 2, 3)),
+     AssertionError, says("`pred_labels` must have shape (B, H, W)", "`true_labels` (1, 2, 2)", "got (1, 2, 3)")),
+    ("f2_iou_score/negative id", lambda: losses.f2_iou_score(LABELS, -LABELS),
+     ValueError, says("`pred_labels` must hold ids >= 0, found [-5, 0]")),
+    ("f2_iou_score/too many objects", lambda: losses.f2_iou_score(LABELS, LABELS, max_objects=2),
+     ValueError, says("`true_labels`", "3 objects", "`max_objects`=2")),
+    ("f2_iou_score/negative max_objects", lambda: losses.f2_iou_score(LABELS, LABELS, max_objects=-1),
+     ValueError, says("`max_objects` must be >= 0")),
+    ("f2_iou_score/no thresholds", lambda: losses.f2_iou_score(LABELS, LABELS, thresholds=()),
+     ValueError, says("`thresholds` must have shape (T,) with T >= 1", "got (0,)")),
+    ("f2_iou_score/threshold below 0.5", lambda: losses.f2_iou_score(LABELS, LABELS, thresholds=(0.3, 0.5)),
+     ValueError, says("`thresholds` must lie in [0.5, 1)")),
+    ("f2_iou_score/reduction", lambda: losses.f2_iou_score(LABELS, LABELS, reduction="max"),
+     ValueError, says("`reduction`")),
+
+    # models: extraction and connected components.
+    ("extract_instances/foreground rank", lambda: extract_instances(f32(2, 2), EMBEDDINGS, max_instances=3,
+                                                                    distance=1.0),
+     AssertionError, says("`foreground` must have shape (B, H, W)", "got (2, 2)")),
+    ("extract_instances/int foreground", lambda: extract_instances(i32(1, 2, 2), EMBEDDINGS, max_instances=3,
+                                                                   distance=1.0),
+     TypeError, says("`foreground`", "floating-point")),
+    ("extract_instances/embeddings rank", lambda: extract_instances(f32(1, 2, 2), f32(1, 2, 2), max_instances=3,
+                                                                    distance=1.0),
+     AssertionError, says("`embeddings` must have shape (B, H, W, C)", "`foreground` (1, 2, 2)", "got (1, 2, 2)")),
+    ("extract_instances/mismatch", lambda: extract_instances(f32(1, 2, 3), EMBEDDINGS, max_instances=3,
+                                                             distance=1.0),
+     AssertionError, says("`embeddings` must have shape (B, H, W, C)", "`foreground` (1, 2, 3)", "got (1, 2, 2, 3)")),
+    ("extract_instances/no channels", lambda: extract_instances(f32(1, 2, 2), f32(1, 2, 2, 0), max_instances=3,
+                                                                distance=1.0),
+     ValueError, says("`embeddings`", "C >= 1", "got (1, 2, 2, 0)")),
+    ("extract_instances/max_instances", lambda: extract_instances(f32(1, 2, 2), EMBEDDINGS, max_instances=-1,
+                                                                  distance=1.0),
+     ValueError, says("`max_instances` must be >= 0")),
+    ("extract_instances/distance", lambda: extract_instances(f32(1, 2, 2), EMBEDDINGS, max_instances=3,
+                                                             distance=-1.0),
+     ValueError, says("`distance` must be >= 0")),
+    ("connected_components/rank", lambda: connected_components(np.ones((4, 4), bool)),
+     AssertionError, says("`mask` must have shape (B, H, W)", "got (4, 4)")),
+    ("connected_components/float mask", lambda: connected_components(f32(1, 4, 4)),
+     TypeError, says("`mask` must be a boolean (B, H, W)", "float32")),
+    ("connected_components/int mask", lambda: connected_components(i32(1, 4, 4)),
+     TypeError, says("`mask` must be a boolean (B, H, W)", "int32")),
+    ("normalised_coordinates/negative", lambda: normalised_coordinates(-1, 3),
+     ValueError, says("`height` must be >= 0")),
+    ("normalised_coordinates/float", lambda: normalised_coordinates(4, 2.5),
+     TypeError, says("`width`", "int")),
+]
+
+PUBLIC = sorted(set(losses.__all__) - {"LossWeighting"}) + [
+    "extract_instances", "connected_components", "normalised_coordinates"]
+
+
+def test_every_public_function_has_bad_input_cases():
+  covered = {case_id.split("/")[0] for case_id, *_ in CASES}
+  assert set(PUBLIC) <= covered, sorted(set(PUBLIC) - covered)
+
+
+@pytest.mark.parametrize("call, exception, message", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input_is_a_clear_error(call, exception, message):
+  with pytest.raises(exception, match=message):
+    call()
+
+
+# The same errors at trace time inside jit, before anything is compiled.
+JITTED_CASES = [
+    ("angular_loss", lambda: jax.jit(losses.angular_loss)(f32(4, 2), f32(4, 3)),
+     AssertionError, says("`y_true` (4, 2)", "`y_pred` (4, 3)", "(..., 2)")),
+    ("propel_loss", lambda: jax.jit(losses.propel_loss)(f32(4, 3, 4), f32(4, 3)),
+     AssertionError, says("`target` (4, 3)", "(B, D) = (4, 2)")),
+    ("semi_conv_loss", lambda: jax.jit(lambda l, e: losses.semi_conv_loss(l, e, max_instances=5))(LABELS, f32(1, 2, 2)),
+     AssertionError, says("`embeddings` must have shape (B, H, W, C)")),
+    ("f2_iou_score", lambda: jax.jit(losses.f2_iou_score)(LABELS, LABELS.astype(np.float32)),
+     TypeError, says("`pred_labels`", "integer")),
+    ("trainable_alpha_loss", lambda: jax.jit(losses.trainable_alpha_loss)(f32(2), 1.0, 1.0),
+     AssertionError, says("`alpha` must have shape ()")),
+    ("extract_instances", lambda: jax.jit(lambda f, e: extract_instances(f, e, max_instances=2, distance=1.0))(
+        f32(1, 2, 3), EMBEDDINGS), AssertionError, says("`embeddings`", "`foreground` (1, 2, 3)")),
+]
+
+
+@pytest.mark.parametrize("call, exception, message", [case[1:] for case in JITTED_CASES],
+                         ids=[case[0] for case in JITTED_CASES])
+def test_bad_input_is_a_clear_error_inside_jit(call, exception, message):
+  with pytest.raises(exception, match=message):
+    call()
+
+
+# Documented behaviours: empty batches. Each test runs one jitted function (one cheap
+# compilation, the shapes being empty) and checks what it returns.
+
+@jax.jit
+def _empty_angular(empty, y):
+  value, gradient = jax.value_and_grad(losses.angular_loss, argnums=1)(empty, empty)
+  masked, masked_gradient = jax.value_and_grad(losses.angular_loss, argnums=1)(y, -y, mask=jnp.zeros(3, bool))
+  return dict(value=value, gradient=gradient, sum=losses.angular_loss(empty, empty, reduction="sum"),
+              none=losses.angular_loss(empty, empty, reduction="none"), masked=masked,
+              masked_gradient=masked_gradient, metrics=losses.orientation_metrics(empty, empty),
+              encoded=losses.encode_orientation(empty[..., 0]), decoded=losses.decode_orientation(empty))
+
+
+def test_empty_batches_angular():
+  """The "mean" over no pixels (an empty batch, or all masked) is 0 with a zero gradient; "sum" 0; "none" empty."""
+  out = _empty_angular(jnp.ones((0, 4, 4, 2)), jnp.ones((3, 2)))
+  assert out["value"] == 0.0 and out["gradient"].shape == (0, 4, 4, 2)
+  assert out["sum"] == 0.0 and out["none"].shape == (0, 4, 4)
+  assert out["masked"] == 0.0 and not out["masked_gradient"].any()
+  assert all(metric == 0.0 for metric in out["metrics"].values())
+  assert out["encoded"].shape == (0, 4, 4, 2) and out["decoded"].shape == (0, 4, 4)
+
+
+@jax.jit
+def _empty_propel(pred, target):
+  value, gradient = jax.value_and_grad(losses.propel_loss)(pred, target)
+  return dict(value=value, gradient=gradient, sum=losses.propel_loss(pred, target, reduction="sum"),
+              none=losses.propel_loss(pred, target, reduction="none"),
+              density=losses.mixture_log_density(pred, target), mean=losses.mixture_mean(pred),
+              constrained=losses.constrain_mixture(pred))
+
+
+def test_empty_batches_propel():
+  out = _empty_propel(jnp.ones((0, 3, 4)), jnp.ones((0, 2)))
+  assert out["value"] == 0.0 and out["gradient"].shape == (0, 3, 4)
+  assert out["sum"] == 0.0 and out["none"].shape == (0,)
+  assert out["density"].shape == (0,) and out["mean"].shape == (0, 2) and out["constrained"].shape == (0, 3, 4)
+
+
+@jax.jit
+def _empty_instances(labels, embeddings):
+  value, gradient = jax.value_and_grad(
+      lambda e: losses.semi_conv_loss(labels, e, max_instances=3))(embeddings)
+  return dict(value=value, gradient=gradient,
+              none=losses.semi_conv_loss(labels, embeddings, max_instances=3, reduction="none"),
+              f2=losses.f2_iou_score(labels, labels), f2_none=losses.f2_iou_score(labels, labels, reduction="none"),
+              extracted=extract_instances(embeddings[..., 0], embeddings, max_instances=3, distance=1.0),
+              components=connected_components(labels == 0))
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 4), (2, 0, 4)], ids=["no images", "images without pixels"])
+def test_empty_batches_and_images_instances(shape):
+  """No instances, no loss; F2: the mean over no images is 0, an image without pixels scores 1."""
+  out = _empty_instances(jnp.zeros(shape, jnp.int32), jnp.ones(shape + (2,)))
+  assert out["value"] == 0.0 and out["gradient"].shape == shape + (2,)
+  np.testing.assert_array_equal(out["none"], np.zeros(shape[0]))
+  np.testing.assert_array_equal(out["f2_none"], np.ones(shape[0]))
+  assert out["f2"] == (0.0 if shape[0] == 0 else 1.0)
+  assert out["extracted"].shape == shape and out["extracted"].dtype == jnp.int32
+  assert out["components"].shape == shape
+  assert normalised_coordinates(*shape[1:]).shape == shape[1:] + (2,)
+
+
+def test_empty_label_maps_pass_the_value_checks_outside_jit():
+  """The id checks that run outside jit skip empty label maps instead of reducing over nothing."""
+  from losses import _common
+  for shape in ((0, 4, 4), (2, 0, 4)):
+    assert _common.check_labels(np.zeros(shape, np.int32), "labels", 3).shape == shape
+
+
+def test_empty_per_example_losses_multitask():
+  """An empty (0,) per-example loss averages to 0 (not NaN) with a zero gradient."""
+  value, gradient = jax.jit(jax.value_and_grad(losses.trainable_alpha_loss, argnums=1))(
+      0.5, jnp.ones(0), jnp.float32(3.0))
+  np.testing.assert_allclose(value, (0.5 * 3.0) ** 2 + 0.5 * 3.0)
+  assert gradient.shape == (0,)
+  assert losses.balanced_weights_loss(jnp.ones(0), jnp.ones(0)) == 0.0
+
+
+# Documented behaviours: zero vectors and values that cannot be checked inside jit.
+
+def test_zero_vectors_read_as_angle_zero_in_every_quadrant():
+  """A zero vector has no direction and reads as θ = 0, also where its products with the other are −0."""
+  directions = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 0.0], [0.0, -1.0]], np.float32)
+  for zero in (np.zeros_like(directions), -np.zeros_like(directions)):
+    np.testing.assert_array_equal(losses.angular_distance(directions, zero), 0.0)
+    np.testing.assert_array_equal(losses.angular_distance(zero, directions), 0.0)
+
+
+@jax.jit
+def _semi_conv_jitted(labels, embeddings):
+  loss = lambda e: losses.semi_conv_loss(labels, e, max_instances=4, reduction="none")
+  return loss(embeddings), jax.grad(lambda e: jnp.sum(loss(e)))(embeddings)
+
+
+def test_out_of_range_ids_inside_jit_semi_conv_are_ignored_like_background():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(-2, 7, (2, 6, 6)).astype(np.int32)  # Valid ids are 0..4.
+  embeddings = rng.normal(size=(2, 6, 6, 2)).astype(np.float32)
+  in_range = np.where((labels < 0) | (labels > 4), 0, labels)
+  per_image, gradient = _semi_conv_jitted(labels, embeddings)
+  expected, expected_gradient = _semi_conv_jitted(in_range, embeddings)
+  np.testing.assert_allclose(per_image, expected, rtol=1e-6)
+  np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-6, atol=1e-7)
+  assert not gradient[in_range == 0].any()
+
+
+def test_negative_ids_inside_jit_f2_are_background():
+  rng = np.random.default_rng(1)
+  truth = np.kron(rng.integers(0, 4, (3, 4, 4)), np.ones((2, 2), np.int64)).astype(np.int32)
+  negative = -rng.integers(1, 4, truth.shape).astype(np.int32)
+  prediction = np.where(rng.random(truth.shape) < 0.2, negative, truth)
+  jitted = jax.jit(lambda t, p: losses.f2_iou_score(t, p, reduction="none"))
+  expected = jitted(truth, np.maximum(prediction, 0))
+  assert ((expected > 0) & (expected < 1)).any()  # Partly right: the ids matter.
+  np.testing.assert_array_equal(jitted(truth, prediction), expected)
+  np.testing.assert_array_equal(jitted(prediction, truth), jitted(np.maximum(prediction, 0), truth))
+
+
+def test_traced_options_that_shape_the_formula_are_type_errors():
+  """δ selects the angular loss's formula and σ is folded into PROPEL's constants at trace time."""
+  alpha, beta = np.array([0.1, 2.0]), np.array([0.5, -1.0])
+  by_delta = jax.jit(lambda d: losses.angular_loss(
+      losses.encode_orientation(alpha), losses.encode_orientation(beta), delta=d))
+  with pytest.raises(TypeError, match="`delta` must be a static Python number"):
+    by_delta(0.7)
+  target = jnp.array([[0.3, -1.0]])
+  by_sigma = jax.jit(lambda sigma: losses.propel_loss(jnp.ones((1, 1, 4)), target, sigma=sigma))
+  with pytest.raises(TypeError, match="`sigma` must be a static Python number"):
+    by_sigma(0.2)
