@@ -201,11 +201,10 @@ class MetricWriter:
   the resumed run writes again, so the file never holds a step twice.
   """
 
-  def __init__(self, workdir: str, resume_step: int):
+  def __init__(self, workdir: str, resume_step: int, *, tensorboard: bool):
     self._active = jax.process_index() == 0
     if not self._active:
       return
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     path = os.path.join(workdir, "metrics.jsonl")
     records = []
     if os.path.exists(path):
@@ -217,8 +216,12 @@ class MetricWriter:
       os.replace(path + ".tmp", path)
     self._written = {(r["split"], r["step"]) for r in map(json.loads, records)}
     self._jsonl = open(path, "a", encoding="utf-8")
-    # TensorBoard hides the events of steps after `purge_step` left by the killed run.
-    self._tensorboard = SummaryWriter(logdir=workdir, purge_step=resume_step + 1 if resume_step else None)
+    self._tensorboard = None
+    if tensorboard:
+      # Imported only when used: tensorboardX imports PyTorch where it is installed (seconds).
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      # TensorBoard hides the events of steps after `purge_step` left by the killed run.
+      self._tensorboard = SummaryWriter(logdir=workdir, purge_step=resume_step + 1 if resume_step else None)
 
   def has(self, split: str, step: int) -> bool:
     return self._active and (split, step) in self._written
@@ -229,14 +232,16 @@ class MetricWriter:
     self._written.add((split, step))
     self._jsonl.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
     self._jsonl.flush()
-    for name, value in metrics.items():
-      self._tensorboard.add_scalar(f"{split}/{name}", value, step)
-    self._tensorboard.flush()
+    if self._tensorboard is not None:
+      for name, value in metrics.items():
+        self._tensorboard.add_scalar(f"{split}/{name}", value, step)
+      self._tensorboard.flush()
 
   def close(self) -> None:
     if self._active:
       self._jsonl.close()
-      self._tensorboard.close()
+      if self._tensorboard is not None:
+        self._tensorboard.close()
 
 
 def restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState, workdir: str) -> TrainState:
@@ -346,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   state = restore_latest(checkpoints, training.init(), workdir)
   first_step, last_step = int(state.step), config.num_train_steps
   last_checkpoint = first_step
-  writer = MetricWriter(workdir, resume_step=first_step)
+  writer = MetricWriter(workdir, resume_step=first_step, tensorboard=config.tensorboard)
   preemption = _PreemptionNotice()
   eval_metrics = {}
 
@@ -404,7 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     eval_metrics = training.task.evaluate(*host_state)
     if not writer.has("eval", last_step):
       writer.write(last_step, "eval", eval_metrics)
-  if jax.process_index() == 0:
+  if config.write_figures and jax.process_index() == 0:
     for path in training.task.write_figures(*host_state, workdir):
       logging.info("Wrote %s", path)
   return eval_metrics

@@ -28,4 +28,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.max_checkpoints_to_keep = 2
   config.on_nonfinite = "stop"  # A non-finite step stops the run ("stop") or is skipped and counted ("skip").
   config.progress_bar = True
+  config.tensorboard = True  # TensorBoard event files next to metrics.jsonl (which is always written).
+  config.write_figures = True  # The task's figures, drawn into the workdir after training.
   return config

@@ -1,5 +1,6 @@
 """The training loop, through the same function `train.py` runs."""
 
+import json
 import os
 
 import jax
@@ -24,13 +25,12 @@ def tiny_config(experiment="orientation", **overrides):
 
 def test_training_writes_its_outputs_and_follows_the_seed(tmp_path):
   """One test, so that the orientation programs are compiled once for both runs."""
-  metrics = train.train_and_evaluate(tiny_config(), str(tmp_path / "seed0"))
+  metrics = train.train_and_evaluate(tiny_config(tensorboard=True), str(tmp_path / "seed0"))
   assert np.isfinite(metrics["mean_abs_error_deg"])
   assert 0 <= metrics["within_5deg"] <= metrics["within_10deg"] <= 1
   records = read_metrics(tmp_path / "seed0", "train")
   assert [r["step"] for r in records] == [1, 2, 3, 4]
   assert all(np.isfinite(r["loss"]) for r in records)
-  assert os.path.exists(tmp_path / "seed0" / "orientation_examples.png")
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "seed0"))
   assert sorted(os.listdir(tmp_path / "seed0" / "checkpoints")) == ["2", "4"]
 
@@ -45,7 +45,7 @@ def test_training_writes_its_outputs_and_follows_the_seed(tmp_path):
     ({"on_nonfinite": "ignore"}, "on_nonfinite must be 'stop' or 'skip'"),
     ({"log_every_steps": 0}, "log_every_steps must be positive"),
     ({"log_every_steps": 4}, "checkpoint_every_steps=2 must be a multiple of config.log_every_steps=4"),
-    ({"image_size": 17}, "UNet with 2 levels needs input .* divisible by 2"),
+    ({"image_size": 17, "model": {"features": (4, 8)}}, "UNet with 2 levels needs input .* divisible by 2"),
     ({"optimizer": {"name": "adamm"}}, "optimizer.name must be one of"),
     ({"schedule": {"name": "cosine"}}, "schedule.name must be"),
 ])
@@ -73,7 +73,6 @@ def test_propel_experiment_runs_a_few_steps(tmp_path, loss):
   metrics = train.train_and_evaluate(tiny_config("propel", loss=loss, num_train_steps=2), str(tmp_path))
   assert 0 <= metrics["ambiguous/mean_error_deg"] <= 180
   assert "nll" in metrics
-  assert os.path.exists(tmp_path / "propel_mixtures.png")
 
 
 # "trainable" has weighting parameters and "dwa" weighting state.
@@ -83,13 +82,23 @@ def test_multitask_experiment_runs_a_few_steps(tmp_path, weighting):
   assert 0 <= metrics["iou"] <= 1 and 0 <= metrics["accuracy"] <= 1
   records = read_metrics(tmp_path, "train")
   assert all(np.isfinite(r["weighted_loss_localization"]) for r in records)
-  assert os.path.exists(tmp_path / "multitask_weights.png")
+
+
+@pytest.mark.parametrize("experiment", list(tiny_configs.EXPERIMENTS))
+def test_every_task_draws_its_figures(tmp_path, experiment):
+  task = tasks.build(tiny_config(experiment))
+  if experiment == "multitask":  # Its figure is the history of the weights in the train records.
+    with open(tmp_path / "metrics.jsonl", "w", encoding="utf-8") as f:
+      f.writelines(json.dumps({"step": s, "split": "train", "weight_localization": 0.5, "weighted_loss_localization":
+                               1.0 / s, "weighted_loss_classification": 2.0 / s}) + "\n" for s in (1, 2))
+  paths = task.write_figures(*jax.device_get(task.init(jax.random.key(0))), str(tmp_path))
+  assert paths and all(os.path.getsize(path) > 0 for path in paths)
 
 
 # The "fixed" and "uncertainty" weightings differ from those run above only inside
 # `losses.loss_weighting`, which tests/test_multitask.py covers.
 @pytest.mark.parametrize("config", [
-    tiny_config(loss="mse", model={"features": (4,)}), tiny_config("propel", loss="mse")],
+    tiny_config(loss="mse"), tiny_config("propel", loss="mse")],
                          ids=["orientation-mse", "propel-mse"])
 def test_other_options_give_finite_losses_and_gradients(config):
   """The options the loop tests above leave out, through the task's loss alone (cheaper than a run)."""

@@ -2,7 +2,9 @@
 
 `get_config(experiment)` works in-process and on the command line:
 `python train.py --config=tests/tiny_configs.py:orientation --workdir=DIR`.
-Each has a batch of 8 so that it also splits over 8 devices.
+Each has a batch of 8 so that it also splits over 8 devices. They write
+neither TensorBoard events nor figures (seconds per run); the tests of
+those turn them on.
 """
 
 import ml_collections
@@ -16,7 +18,7 @@ from configs import propel
 def _orientation() -> ml_collections.ConfigDict:
   config = orientation.get_config()
   config.image_size = 16
-  config.model.features = (4, 8)
+  config.model.features = (4,)
   config.eval.num_examples = 8
   config.eval.batch_size = 8
   return config
@@ -33,7 +35,7 @@ def _propel() -> ml_collections.ConfigDict:
 def _multitask() -> ml_collections.ConfigDict:
   config = multitask.get_config()
   config.update(dict(canvas_size=16, min_digit_size=8.0, max_digit_size=10.0, dwa_period=1))
-  config.model.features = (4, 4)
+  config.model.features = (4,)
   config.eval.num_examples = 16
   return config
 
@@ -42,7 +44,7 @@ def _instances() -> ml_collections.ConfigDict:
   config = instances.get_config()
   config.image_size = 16
   config.data.update(dict(max_ships=2, min_length=6.0, max_length=10.0, min_width=2.0, max_width=3.0))
-  config.model.features = (4, 8)
+  config.model.features = (4,)
   config.eval.num_examples = 8
   config.eval.batch_size = 8
   return config
@@ -54,6 +56,7 @@ EXPERIMENTS = {"orientation": _orientation, "propel": _propel, "multitask": _mul
 def get_config(experiment: str = "orientation") -> ml_collections.ConfigDict:
   config = EXPERIMENTS[experiment]()
   config.update(dict(num_train_steps=4, batch_size=8, log_every_steps=1, eval_every_steps=100,
-                     checkpoint_every_steps=2, progress_bar=False))
+                     checkpoint_every_steps=2, progress_bar=False,
+                     tensorboard=False, write_figures=False))
   config.schedule.name = "constant"
   return config
