@@ -155,7 +155,7 @@ def f2_iou_score(
   chex.assert_equal_shape([true_labels, pred_labels], custom_message=_common.shape_message(
       "pred_labels", pred_labels.shape, "(B, H, W)", ("true_labels", true_labels)) + " (the same shape)")
   for name, labels in (("true_labels", true_labels), ("pred_labels", pred_labels)):
-    if not isinstance(labels, jax.core.Tracer):
+    if not _common.is_traced(labels):
       most = max((len(np.unique(np.asarray(image)[np.asarray(image) != 0])) for image in labels), default=0)
       if most > max_objects:
         raise ValueError(f"`{name}` has an image with {most} objects, more than `max_objects`={max_objects}.")

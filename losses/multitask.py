@@ -75,11 +75,10 @@ def _check_vector(x: chex.Array, name: str, like: Optional[tuple[str, chex.Array
   return x
 
 
-def _check_task_losses(task_losses: chex.Array, num_tasks: int, like=None) -> chex.Array:
+def _check_task_losses(task_losses: chex.Array, num_tasks: int) -> chex.Array:
   task_losses = _common.as_float(task_losses, "task_losses")
-  expected = f"(N,) = ({num_tasks},)"
   chex.assert_shape(task_losses, (num_tasks,),
-                    custom_message=_common.shape_message("task_losses", task_losses.shape, expected, like))
+                    custom_message=_common.shape_message("task_losses", task_losses.shape, f"(N,) = ({num_tasks},)"))
   return task_losses
 
 
@@ -116,7 +115,7 @@ def balanced_weights_loss(weights: chex.Array, task_losses: chex.Array) -> chex.
   For N = 2 with weights (α, 1 − α) this is exactly `trainable_alpha_loss`.
   """
   weights = _check_vector(weights, "weights")
-  task_losses = _check_task_losses(task_losses, weights.shape[0], ("weights", weights))
+  task_losses = _check_vector(task_losses, "task_losses", ("weights", weights))
   weighted = weights * jax.lax.stop_gradient(task_losses)
   differences = weighted[:, None] - weighted[None, :]
   balance = 0.5 * jnp.sum(differences ** 2)  # Each pair appears twice in the full matrix.
@@ -130,7 +129,7 @@ def uncertainty_weighted_loss(log_variances: chex.Array, task_losses: chex.Array
   1/(2Lᵢ).
   """
   log_variances = _check_vector(log_variances, "log_variances")
-  task_losses = _check_task_losses(task_losses, log_variances.shape[0], ("log_variances", log_variances))
+  task_losses = _check_vector(task_losses, "task_losses", ("log_variances", log_variances))
   return jnp.sum(0.5 * jnp.exp(-log_variances) * task_losses + 0.5 * log_variances)
 
 
