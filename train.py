@@ -16,13 +16,15 @@ checkpointing, logging and the guards that keep a long run safe:
   skipped and counted (`"skip"`).
 """
 
+from collections.abc import Callable
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import signal
 import time
-from typing import Any, Callable
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -113,6 +115,12 @@ def check_loop_config(config: ml_collections.ConfigDict, num_devices: int) -> No
         f"config.log_every_steps={config.log_every_steps}, so that a resumed run logs the same averages.")
   if config.on_nonfinite not in ("stop", "skip"):
     raise ConfigError(f"config.on_nonfinite must be 'stop' or 'skip', got {config.on_nonfinite!r}.")
+  profile = config.profile
+  if profile.num_steps < 0 or (profile.num_steps and not 1 <= profile.start_step <= config.num_train_steps):
+    raise ConfigError(
+        f"config.profile traces steps start_step={profile.start_step} to start_step + num_steps - 1 "
+        f"(num_steps={profile.num_steps}); start_step must be in [1, num_train_steps={config.num_train_steps}] "
+        "and num_steps >= 0 (0: no trace).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +223,7 @@ class MetricWriter:
         f.writelines(records)
       os.replace(path + ".tmp", path)
     self._written = {(r["split"], r["step"]) for r in map(json.loads, records)}
-    self._jsonl = open(path, "a", encoding="utf-8")
+    self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run, closed by close())
     self._tensorboard = None
     if tensorboard:
       # Imported only when used: tensorboardX imports PyTorch where it is installed (seconds).
@@ -250,7 +258,7 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState, workdi
   for step in sorted(checkpoints.all_steps(), reverse=True):
     try:
       restored = checkpoints.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    except Exception as error:  # pylint: disable=broad-except  # Any failure to read means: use an older one.
+    except Exception as error:  # noqa: BLE001 (any failure to read means: use an older one)
       logging.warning("Checkpoint at step %d cannot be read (%s: %s); trying the one before it.",
                       step, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
       if jax.process_index() == 0:
@@ -271,10 +279,8 @@ class _PreemptionNotice:
     self.received = False
     self._previous = None
     if jax.process_count() == 1:  # With several processes JAX's own notifier agrees on a step.
-      try:
+      with contextlib.suppress(ValueError):  # Not the main thread: leave signals alone.
         self._previous = signal.signal(signal.SIGTERM, self._receive)
-      except ValueError:  # Not the main thread: leave signals alone.
-        pass
 
   def _receive(self, signum, frame):
     del signum, frame
@@ -320,6 +326,38 @@ def _report_nonfinite(training: Training, config, workdir: str, step: int, metri
       "to skip such steps instead.")
 
 
+class _StepProfiler:
+  """Traces the steps `config.profile.start_step` … `start_step + num_steps − 1` with `jax.profiler`.
+
+  The trace goes to `workdir/plugins/profile/<timestamp>/`: the `.xplane.pb` that TensorBoard's profile
+  plugin reads, and `perfetto_trace.json.gz` for the Perfetto UI. Each traced step is a `StepTraceAnnotation`, and the
+  last one is waited for, so that the trace holds the device work of every traced step.
+  """
+
+  def __init__(self, profile: ml_collections.ConfigDict, workdir: str):
+    self._first, self._last = profile.start_step, profile.start_step + profile.num_steps - 1
+    self._workdir = workdir
+    self._active = False
+
+  def step(self, step: int) -> contextlib.AbstractContextManager:
+    if step == self._first and self._last >= self._first:
+      jax.profiler.start_trace(self._workdir, create_perfetto_trace=True)
+      self._active = True
+    return jax.profiler.StepTraceAnnotation("train", step_num=step) if self._active else contextlib.nullcontext()
+
+  def after(self, step: int, outputs) -> None:
+    if self._active and step == self._last:
+      self.stop(outputs)
+
+  def stop(self, outputs=None) -> None:
+    if self._active:
+      jax.block_until_ready(outputs)
+      jax.profiler.stop_trace()
+      self._active = False
+      logging.info("Wrote the profile of steps %d to %d under %s/plugins/profile.", self._first, self._last,
+                   self._workdir)
+
+
 def _progress_bar(enabled: bool) -> rich.progress.Progress:
   return rich.progress.Progress(
       rich.progress.TextColumn("[bold]step {task.completed}/{task.total}"),
@@ -353,6 +391,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   last_checkpoint = first_step
   writer = MetricWriter(workdir, resume_step=first_step, tensorboard=config.tensorboard)
   preemption = _PreemptionNotice()
+  profiler = _StepProfiler(config.profile, workdir)
   eval_metrics = {}
 
   def save(step):
@@ -380,7 +419,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     with _progress_bar(config.progress_bar) as progress:
       bar = progress.add_task("train", total=last_step, completed=first_step, loss=float("nan"), rate=0.0)
       for step in range(first_step + 1, last_step + 1):
-        state, metrics, finite = training.step(state, training.next_batch(config.seed, step - 1))
+        with profiler.step(step):
+          state, metrics, finite = training.step(state, training.next_batch(config.seed, step - 1))
+        profiler.after(step, metrics)
         if pending:  # Checked one step late, so that the host keeps dispatching ahead of the devices.
           check(*pending[-1])
         pending.append((step, metrics, finite))
@@ -401,6 +442,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
           raise Preempted(f"SIGTERM received: saved the checkpoint at step {step}; run the same command to resume.")
     checkpoints.wait_until_finished()
   finally:
+    profiler.stop()
     preemption.restore()
     checkpoints.close()
     writer.close()

@@ -30,4 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.progress_bar = True
   config.tensorboard = True  # TensorBoard event files next to metrics.jsonl (which is always written).
   config.write_figures = True  # The task's figures, drawn into the workdir after training.
+
+  # A jax.profiler trace of steps start_step … start_step + num_steps − 1 into workdir/plugins/profile
+  # (TensorBoard's profile plugin, or Perfetto); num_steps = 0 traces nothing.
+  config.profile = ml_collections.ConfigDict()
+  config.profile.start_step = 0
+  config.profile.num_steps = 0
   return config

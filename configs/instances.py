@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.seed = 2018
   config.eval.num_examples = 256
   config.eval.batch_size = 64
-  config.eval.max_objects = 32
+  config.eval.max_instances = 32
 
   config.num_train_steps = 1100
   config.batch_size = 16

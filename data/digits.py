@@ -23,7 +23,7 @@ def load_split(*, test_fraction: float = 0.25, seed: int = 0) -> dict[str, dict[
   images = (digits.images / 16.0).astype(np.float32)
   labels = digits.target.astype(np.int32)
   order = np.random.default_rng(seed).permutation(len(labels))
-  num_test = int(round(test_fraction * len(labels)))
+  num_test = round(test_fraction * len(labels))
   parts = {"test": order[:num_test], "train": order[num_test:]}
   return {name: {"images": images[index], "labels": labels[index]} for name, index in parts.items()}
 
@@ -82,7 +82,8 @@ def cluttered_canvas(
                       offset=(centre[0] - shift[0], centre[1] - shift[1]))
     half = (canvas - 1) / 2
     x, y = jnp.arange(canvas) - half, half - jnp.arange(canvas)
-    inside = (jnp.abs(y[:, None] - centre[1]) < fragment_size / 2) & (jnp.abs(x[None, :] - centre[0]) < fragment_size / 2)
+    half = fragment_size / 2
+    inside = (jnp.abs(y[:, None] - centre[1]) < half) & (jnp.abs(x[None, :] - centre[0]) < half)
     return jnp.where(inside, full, 0.0)
 
   keys = jax.random.split(fragment_key, fragment_sources.shape[0])

@@ -16,18 +16,19 @@ pixels, everything masked) is 0 with a zero gradient, never 0/0 = NaN; "sum"
 is 0 and "none" returns an empty array.
 """
 
+from collections.abc import Mapping, Sequence
 import operator
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def shape_message(name: str, shape: Sequence[int], expected: str, like: Optional[tuple[str, Any]] = None) -> str:
+def shape_message(name: str, shape: Sequence[int], expected: str, like: tuple[str, Any] | None = None) -> str:
   """The message "`name` must have shape EXPECTED [like `other` OTHER_SHAPE], got SHAPE"."""
   text = f"`{name}` must have shape {expected}"
   if like is not None:
@@ -35,12 +36,33 @@ def shape_message(name: str, shape: Sequence[int], expected: str, like: Optional
   return f"{text}, got {tuple(shape)}"
 
 
+def chex():
+  """The chex module, imported on first use (it imports absl, which `import losses` must not)."""
+  import chex as chex_module  # pylint: disable=g-import-not-at-top
+  return chex_module
+
+
 def is_traced(x: Any) -> bool:
   """True under `jax.jit`/`vmap`/`grad` tracing, where values cannot be inspected."""
   return isinstance(x, jax.core.Tracer)
 
 
-def as_float(x: chex.Array, name: str) -> chex.Array:
+def host_values(x: Any) -> np.ndarray | None:
+  """`x` as a NumPy array if the host already holds its values, else None.
+
+  NumPy arrays and Python data are held by the host; so is a `jax.Array` that
+  is not a tracer and lives on CPU devices. A tracer has no values, and an
+  array on an accelerator would need a device-to-host copy.
+  """
+  if is_traced(x):
+    return None
+  if isinstance(x, jax.Array) and (
+      not x.is_fully_addressable or any(device.platform != "cpu" for device in x.devices())):
+    return None
+  return np.asarray(x)
+
+
+def as_float(x: ArrayLike, name: str) -> ArrayLike:
   """Returns `x` as a float array of at least float32 precision.
 
   bfloat16/float16 inputs are upcast so that the arithmetic never runs in a
@@ -54,12 +76,12 @@ def as_float(x: chex.Array, name: str) -> chex.Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def check_rank(x: chex.Array, name: str, rank: int, expected: str, like=None) -> chex.Array:
-  chex.assert_rank(x, rank, custom_message=shape_message(name, x.shape, expected, like))
+def check_rank(x: ArrayLike, name: str, rank: int, expected: str, like=None) -> ArrayLike:
+  chex().assert_rank(x, rank, custom_message=shape_message(name, x.shape, expected, like))
   return x
 
 
-def check_int(value: Any, name: str, *, minimum: Optional[int] = None) -> int:
+def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
   """A static (Python or NumPy) integer option such as a number of segments."""
   if isinstance(value, (bool, np.bool_)) or is_traced(value):
     raise TypeError(f"`{name}` must be a static Python int, got {value!r}.")
@@ -72,18 +94,22 @@ def check_int(value: Any, name: str, *, minimum: Optional[int] = None) -> int:
   return value
 
 
-def check_number(value: Any, name: str, *, minimum: Optional[float] = None, strict: bool = False,
+def check_number(value: Any, name: str, *, minimum: float | None = None, strict: bool = False,
                  why: str = "", static: bool = False) -> Any:
-  """A real scalar option; concrete values are range-checked, traced ones (under jit) pass unchecked
-  unless `static`, when the value selects the formula and must be known at trace time."""
+  """A real scalar option, range-checked where the host holds its value (see `host_values`).
+
+  Traced values (and scalars on an accelerator) pass unchecked unless `static`, when the value
+  selects the formula and must be a concrete number at trace time.
+  """
   if is_traced(value) and static:
     raise TypeError(f"`{name}` must be a static Python number (it is used at trace time), "
                     "got a traced value.")
-  if is_traced(value):
-    chex.assert_rank(value, 0, custom_message=f"`{name}` must be a scalar, got shape {value.shape}")
+  values = host_values(value) if not static else np.asarray(value)
+  if values is None:
+    chex().assert_rank(value, 0, custom_message=f"`{name}` must be a scalar, got shape {jnp.shape(value)}")
     return value
   try:
-    number = float(np.asarray(value).item()) if np.ndim(value) == 0 else None
+    number = float(values.item()) if values.ndim == 0 else None
   except (TypeError, ValueError):
     number = None
   if number is None:
@@ -98,7 +124,7 @@ def check_reduction(reduction: str) -> None:
     raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
 
 
-def reduce_masked(values: chex.Array, mask: Optional[chex.Array], reduction: str) -> chex.Array:
+def reduce_masked(values: ArrayLike, mask: ArrayLike | None, reduction: str) -> ArrayLike:
   """Reduces per-element `values` over the elements where `mask` is set.
 
   `mask` (same shape as `values`, boolean or non-negative weights) zeroes the
@@ -110,8 +136,8 @@ def reduce_masked(values: chex.Array, mask: Optional[chex.Array], reduction: str
   check_reduction(reduction)
   if mask is not None:
     mask = jnp.asarray(mask)
-    chex.assert_equal_shape(
-        [values, mask], custom_message=shape_message("mask", mask.shape, f"{values.shape}, that of the per-element loss"))
+    expected = f"{values.shape}, that of the per-element loss"
+    chex().assert_equal_shape([values, mask], custom_message=shape_message("mask", mask.shape, expected))
     weights = mask.astype(values.dtype)
     values = jnp.where(weights > 0, values * weights, 0.0)
   if reduction == "none":
@@ -125,18 +151,18 @@ def reduce_masked(values: chex.Array, mask: Optional[chex.Array], reduction: str
   return total / jnp.maximum(jnp.sum(weights), jnp.finfo(values.dtype).tiny)
 
 
-def check_mixture(pred: chex.Array, name: str) -> chex.Array:
+def check_mixture(pred: ArrayLike, name: str) -> ArrayLike:
   """A float `(B, I, 2D)` mixture: I ≥ 1 components of D ≥ 1 means then D standard deviations."""
   pred = as_float(pred, name)
   message = shape_message(name, pred.shape, "(B, I, 2D): D means then D standard deviations per component, "
                           "I >= 1, D >= 1")
-  chex.assert_rank(pred, 3, custom_message=message)
+  chex().assert_rank(pred, 3, custom_message=message)
   if pred.shape[1] == 0 or pred.shape[2] == 0 or pred.shape[2] % 2:
     raise ValueError(message)
   return pred
 
 
-def broadcast_floats(arrays: Mapping[str, chex.Array], expected: str) -> tuple[chex.Array, ...]:
+def broadcast_floats(arrays: Mapping[str, ArrayLike], expected: str) -> tuple[ArrayLike, ...]:
   """Float arrays (named by the keys) that broadcast to one shape of rank ≥ 1, in a common dtype."""
   arrays = {name: as_float(x, name) for name, x in arrays.items()}
   shapes = ", ".join(f"`{name}` {x.shape}" for name, x in arrays.items())
@@ -150,26 +176,21 @@ def broadcast_floats(arrays: Mapping[str, chex.Array], expected: str) -> tuple[c
   return tuple(x.astype(dtype) for x in arrays.values())
 
 
-def check_labels(labels: chex.Array, name: str, max_id: Optional[int] = None, *, limit: str = "",
-                 fill: Optional[int] = None) -> chex.Array:
+def check_labels(labels: ArrayLike, name: str, max_id: int | None = None, *, limit: str = "") -> jax.Array:
   """An integer `(B, H, W)` label map with ids in [0, `max_id`] (no upper bound if None).
 
-  Outside jit an id out of range is a `ValueError` (`limit` names the option
-  that sets `max_id`). Traced ids cannot be checked; with `fill` they are
-  replaced by it (e.g. the background id), otherwise returned as they are.
+  Where the host holds the values (see the module docstring) an id out of
+  range is a `ValueError` (`limit` names the option that sets `max_id`);
+  elsewhere the ids are returned unchecked and the caller treats those out
+  of range as background.
   """
+  values = host_values(labels)
   labels = jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(f"`{name}` must be an integer label map (B, H, W), got dtype {labels.dtype}.")
-  chex.assert_rank(labels, 3, custom_message=shape_message(name, labels.shape, "(B, H, W)"))
-  if is_traced(labels):
-    if fill is not None:
-      valid = labels >= 0
-      if max_id is not None and max_id < jnp.iinfo(labels.dtype).max:
-        valid &= labels <= max_id
-      labels = jnp.where(valid, labels, fill)
-  elif labels.size:
-    low, high = int(labels.min()), int(labels.max())
+  chex().assert_rank(labels, 3, custom_message=shape_message(name, labels.shape, "(B, H, W)"))
+  if values is not None and values.size:
+    low, high = int(values.min()), int(values.max())
     if low < 0 or (max_id is not None and high > max_id):
       bounds = f"in [0, {max_id}]" if max_id is not None else ">= 0"
       hint = f"; raise `{limit}`" if limit and max_id is not None and high > max_id else ""
@@ -177,13 +198,13 @@ def check_labels(labels: chex.Array, name: str, max_id: Optional[int] = None, *,
   return labels
 
 
-def check_embeddings(embeddings: chex.Array, name: str, like: chex.Array, like_name: str) -> chex.Array:
+def check_embeddings(embeddings: ArrayLike, name: str, like: ArrayLike, like_name: str) -> ArrayLike:
   """Float `(B, H, W, C)` embeddings, C ≥ 1, sharing (B, H, W) with the `(B, H, W)` map `like`."""
   embeddings = as_float(embeddings, name)
   message = shape_message(name, embeddings.shape, "(B, H, W, C) with C >= 1", (like_name, like)) + (
       " (they must share B, H, W)")
-  chex.assert_rank(embeddings, 4, custom_message=message)
-  chex.assert_equal_shape_prefix([like, embeddings], 3, custom_message=message)
+  chex().assert_rank(embeddings, 4, custom_message=message)
+  chex().assert_equal_shape_prefix([like, embeddings], 3, custom_message=message)
   if embeddings.shape[-1] == 0:
     raise ValueError(message)
   return embeddings
@@ -191,10 +212,11 @@ def check_embeddings(embeddings: chex.Array, name: str, like: chex.Array, like_n
 
 def check_iou_thresholds(thresholds: Any) -> Any:
   """Non-empty IoU thresholds in [0.5, 1), where one object can match at most one other (checked if concrete)."""
-  if is_traced(thresholds):
-    chex.assert_rank(thresholds, 1, custom_message=shape_message("thresholds", jnp.shape(thresholds), "(T,)"))
+  values = host_values(thresholds)
+  if values is None:
+    chex().assert_rank(thresholds, 1, custom_message=shape_message("thresholds", jnp.shape(thresholds), "(T,)"))
     return thresholds
-  values = np.asarray(thresholds, np.float64)
+  values = values.astype(np.float64)
   if values.ndim != 1 or values.size == 0:
     raise ValueError(shape_message("thresholds", values.shape, "(T,) with T >= 1"))
   if not ((values >= 0.5) & (values < 1.0)).all():

@@ -47,42 +47,43 @@ with respect to the shared layer, which a loss-level interface does not see;
 it is not provided.
 """
 
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from losses import _common
 
 PyTree = Any
 
 
-def _as_scalar_loss(loss: chex.Array, name: str) -> chex.Array:
+def _as_scalar_loss(loss: ArrayLike, name: str) -> jax.Array:
   """A scalar loss, or the batch mean of a per-example `(B,)` loss (0 for an empty batch)."""
   loss = _common.as_float(loss, name)
   _common.check_rank(loss, name, {0, 1}, "() or (B,): a scalar or a per-example loss")
   return _common.reduce_masked(loss, None, "mean")
 
 
-def _check_vector(x: chex.Array, name: str, like: Optional[tuple[str, chex.Array]] = None) -> chex.Array:
+def _check_vector(x: ArrayLike, name: str, like: tuple[str, jax.Array] | None = None) -> jax.Array:
   """A float `(N,)` array, of the length of `like` if given."""
   x = _common.as_float(x, name)
   expected = "(N,)" if like is None else f"(N,) = ({like[1].shape[0]},)"
   _common.check_rank(x, name, 1, expected, like)
   if like is not None:
-    chex.assert_shape(x, like[1].shape, custom_message=_common.shape_message(name, x.shape, expected, like))
+    _common.chex().assert_shape(x, like[1].shape, custom_message=_common.shape_message(name, x.shape, expected, like))
   return x
 
 
-def _check_task_losses(task_losses: chex.Array, num_tasks: int) -> chex.Array:
+def _check_task_losses(task_losses: ArrayLike, num_tasks: int) -> jax.Array:
   task_losses = _common.as_float(task_losses, "task_losses")
-  chex.assert_shape(task_losses, (num_tasks,),
+  _common.chex().assert_shape(task_losses, (num_tasks,),
                     custom_message=_common.shape_message("task_losses", task_losses.shape, f"(N,) = ({num_tasks},)"))
   return task_losses
 
 
-def trainable_alpha_loss(alpha: chex.Array, loss_1: chex.Array, loss_2: chex.Array) -> chex.Array:
+def trainable_alpha_loss(alpha: ArrayLike, loss_1: ArrayLike, loss_2: ArrayLike) -> jax.Array:
   """The trainable-α rule for two tasks, (1 − α)·L2 + α·L1 plus the balancing term.
 
   Args:
@@ -97,13 +98,22 @@ def trainable_alpha_loss(alpha: chex.Array, loss_1: chex.Array, loss_2: chex.Arr
     The scalar (α·sg(L1) − (1−α)·sg(L2))² + sg(α)·L1 + (1 − sg(α))·L2, whose
     gradients are ∂/∂α = 2(αL1 − (1−α)L2)(L1 + L2), ∂/∂L1 = α and
     ∂/∂L2 = 1 − α.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> import losses
+    >>> alpha, loss_1, loss_2 = jnp.array(0.5), jnp.array(3.0), jnp.array(1.0)
+    >>> print(losses.trainable_alpha_loss(alpha, loss_1, loss_2))  # (1.5 − 0.5)² + 1.5 + 0.5
+    3.0
+    >>> print(jax.grad(losses.trainable_alpha_loss)(alpha, loss_1, loss_2))  # 2·(1.5 − 0.5)·4: α falls to 1/4
+    8.0
   """
   alpha = _common.check_rank(_common.as_float(alpha, "alpha"), "alpha", 0, "(): a scalar")
   task_losses = jnp.stack([_as_scalar_loss(loss_1, "loss_1"), _as_scalar_loss(loss_2, "loss_2")])
   return balanced_weights_loss(jnp.stack([alpha, 1.0 - alpha]), task_losses)
 
 
-def balanced_weights_loss(weights: chex.Array, task_losses: chex.Array) -> chex.Array:
+def balanced_weights_loss(weights: ArrayLike, task_losses: ArrayLike) -> jax.Array:
   """The N-task trainable-weight rule: Σ_{i<j} (wᵢ·sg(Lᵢ) − wⱼ·sg(Lⱼ))² + Σᵢ sg(wᵢ)·Lᵢ.
 
   Args:
@@ -113,6 +123,16 @@ def balanced_weights_loss(weights: chex.Array, task_losses: chex.Array) -> chex.
     task_losses: `(N,)` scalar losses; trained only by the second term.
 
   For N = 2 with weights (α, 1 − α) this is exactly `trainable_alpha_loss`.
+
+  Returns:
+    The scalar total.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import losses
+    >>> weights = jnp.array([0.25, 0.75])
+    >>> print(losses.balanced_weights_loss(weights, jnp.array([3.0, 1.0])))  # balanced: 0.25·3 = 0.75·1
+    1.5
   """
   weights = _check_vector(weights, "weights")
   task_losses = _check_vector(task_losses, "task_losses", ("weights", weights))
@@ -122,11 +142,24 @@ def balanced_weights_loss(weights: chex.Array, task_losses: chex.Array) -> chex.
   return balance + jnp.sum(jax.lax.stop_gradient(weights) * task_losses)
 
 
-def uncertainty_weighted_loss(log_variances: chex.Array, task_losses: chex.Array) -> chex.Array:
+def uncertainty_weighted_loss(log_variances: ArrayLike, task_losses: ArrayLike) -> jax.Array:
   """Σᵢ Lᵢ/(2e^{sᵢ}) + sᵢ/2 (Kendall, Gal & Cipolla, CVPR 2018), sᵢ = log σᵢ² trainable.
 
   The optimum in sᵢ is e^{sᵢ} = Lᵢ, i.e. every task's effective weight is
   1/(2Lᵢ).
+
+  Args:
+    log_variances: `(N,)` trainable sᵢ.
+    task_losses: `(N,)` scalar losses.
+
+  Returns:
+    The scalar total.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import losses
+    >>> print(losses.uncertainty_weighted_loss(jnp.zeros(2), jnp.array([2.0, 4.0])))  # (2 + 4)/2
+    3.0
   """
   log_variances = _check_vector(log_variances, "log_variances")
   task_losses = _check_vector(task_losses, "task_losses", ("log_variances", log_variances))
@@ -134,7 +167,7 @@ def uncertainty_weighted_loss(log_variances: chex.Array, task_losses: chex.Array
 
 
 def dwa_weights(
-    previous_losses: chex.Array, before_previous_losses: chex.Array, *, temperature: float = 2.0) -> chex.Array:
+    previous_losses: ArrayLike, before_previous_losses: ArrayLike, *, temperature: float = 2.0) -> jax.Array:
   """Dynamic Weight Average (Liu et al., CVPR 2019): N·softmax(rᵢ/T), rᵢ = Lᵢ(t−1)/Lᵢ(t−2).
 
   Args:
@@ -144,6 +177,12 @@ def dwa_weights(
 
   Returns:
     `(N,)` weights summing to N, larger for the tasks whose loss fell least.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import losses
+    >>> print(losses.dwa_weights(jnp.array([1.0, 1.0]), jnp.array([1.0, 2.0])).round(4))  # task 2 fell faster
+    [1.1244 0.8756]
   """
   previous_losses = _check_vector(previous_losses, "previous_losses")
   before_previous_losses = _check_vector(
@@ -154,7 +193,7 @@ def dwa_weights(
 
 
 @jax.custom_vjp
-def _preconditioned_softmax(logits: chex.Array, task_losses: chex.Array) -> chex.Array:
+def _preconditioned_softmax(logits: ArrayLike, task_losses: ArrayLike) -> jax.Array:
   """softmax(logits), with the logits' gradient divided by c (see the module docstring)."""
   return jax.nn.softmax(logits)
 
@@ -188,7 +227,7 @@ class LossWeighting(NamedTuple):
   """
 
   init: Callable[[], tuple[PyTree, PyTree]]
-  combine: Callable[[PyTree, PyTree, chex.Array], tuple[chex.Array, chex.Array, PyTree]]
+  combine: Callable[[PyTree, PyTree, jax.Array], tuple[jax.Array, jax.Array, PyTree]]
 
 
 def loss_weighting(
@@ -208,15 +247,28 @@ def loss_weighting(
     dwa_period: steps per DWA period (its "epoch").
     dwa_temperature: DWA's T > 0.
 
+  Returns:
+    The `LossWeighting`: `init() -> (params, state)` and
+    `combine(params, state, task_losses) -> (total, weights, new_state)`.
+
   Raises:
     ValueError: for an unknown `name`, `num_tasks` < 1, `dwa_period` < 1,
       `dwa_temperature` ≤ 0 or `fixed_weights` of the wrong length.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> import losses
+    >>> weighting = losses.loss_weighting("trainable", num_tasks=2)
+    >>> params, state = weighting.init()
+    >>> total, weights, state = jax.jit(weighting.combine)(params, state, jnp.array([3.0, 1.0]))
+    >>> print(weights)  # equal at the start; training the logits moves them to (1/4, 3/4)
+    [0.5 0.5]
   """
   num_tasks = _common.check_int(num_tasks, "num_tasks", minimum=1)
   if name == "fixed":
     if len(fixed_weights) != num_tasks:
       raise ValueError(f"'fixed' weighting needs {num_tasks} `fixed_weights`, got {tuple(fixed_weights)}.")
-    fixed = jnp.asarray(fixed_weights, jnp.float32)
+    fixed = jnp.asarray(fixed_weights, float)  # float32, or float64 under jax_enable_x64.
     return LossWeighting(
         init=lambda: ({}, {}),
         combine=lambda params, state, task_losses: (

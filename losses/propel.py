@@ -65,30 +65,43 @@ Numerical choices, and where the result differs from `torchpropel`:
 
 import functools
 import math
-from typing import Optional
 
-import chex
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from losses import _common
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def split_mixture(pred: chex.Array) -> tuple[chex.Array, chex.Array]:
-  """Splits a `(B, I, 2D)` output (I ≥ 1, D ≥ 1) into means and standard deviations, each `(B, I, D)`."""
-  pred = _common.check_mixture(pred, "pred")
-  dims = pred.shape[-1] // 2
-  return pred[..., :dims], pred[..., dims:]
+def split_mixture(predictions: ArrayLike) -> tuple[jax.Array, jax.Array]:
+  """Splits a `(B, I, 2D)` mixture (I ≥ 1, D ≥ 1) into means and standard deviations, each `(B, I, D)`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import losses
+    >>> means, stds = losses.split_mixture(jnp.array([[[0.0, 1.0, 0.1, 0.2]]]))  # I = 1, D = 2
+    >>> print(means, stds)
+    [[[0. 1.]]] [[[0.1 0.2]]]
+  """
+  predictions = _common.check_mixture(predictions, "predictions")
+  dims = predictions.shape[-1] // 2
+  return predictions[..., :dims], predictions[..., dims:]
 
 
-def constrain_mixture(raw: chex.Array, *, min_std: float = 1e-3) -> chex.Array:
+def constrain_mixture(raw: jax.Array, *, min_std: float = 1e-3) -> jax.Array:
   """Turns a raw `(B, I, 2D)` network output into a valid PROPEL prediction.
 
   The means pass through; the standard deviations become
   softplus(raw) + `min_std`, positive with a floor that keeps the density
   from collapsing onto a point.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import losses
+    >>> print(losses.constrain_mixture(jnp.array([[[0.5, -20.0]]])).round(4))  # I = 1, D = 1
+    [[[0.5   0.001]]]
   """
   raw = _common.check_mixture(raw, "raw")
   _common.check_number(min_std, "min_std", minimum=0.0)
@@ -109,12 +122,23 @@ def _relative_log_overlap(mean_a, std_a, mean_b, std_b, reference_scale):
 
 
 def log_gaussian_overlap(
-    mean_a: chex.Array, std_a: chex.Array, mean_b: chex.Array, std_b: chex.Array) -> chex.Array:
+    mean_a: jax.Array, std_a: jax.Array, mean_b: jax.Array, std_b: jax.Array) -> jax.Array:
   """log G(a, b) = log ∫ N(x; μ_a, σ_a²) N(x; μ_b, σ_b²) dx for diagonal Gaussians.
 
   All four arguments are float arrays that broadcast against each other to
   a shape `(..., D)` of rank ≥ 1; the last axis is the dimension D and is
   summed over. Standard deviations must be positive.
+
+  Returns:
+    `(...)` log overlaps (natural log).
+
+  Examples:
+    >>> import math
+    >>> import jax.numpy as jnp
+    >>> import losses
+    >>> value = losses.log_gaussian_overlap(jnp.zeros(1), jnp.ones(1), jnp.zeros(1), jnp.ones(1))
+    >>> print(round(float(value), 4), round(-math.log(2 * math.sqrt(math.pi)), 4))  # H = 1/(2√π σ)
+    -1.2655 -1.2655
   """
   mean_a, std_a, mean_b, std_b = _common.broadcast_floats(
       {"mean_a": mean_a, "std_a": std_a, "mean_b": mean_b, "std_b": std_b}, "(..., D)")
@@ -122,52 +146,72 @@ def log_gaussian_overlap(
   return _relative_log_overlap(mean_a, std_a, mean_b, std_b, 1.0) - dims * _LOG_SQRT_2PI
 
 
-def _check_mixture_and_point(pred: chex.Array, point: chex.Array, name: str):
-  means, stds = split_mixture(pred)
-  point = _common.as_float(point, name)
-  chex.assert_shape(
-      point, (means.shape[0], means.shape[2]),
-      custom_message=f"`{name}` {point.shape} must have shape (B, D) = {(means.shape[0], means.shape[2])} "
-                     f"for `pred` {pred.shape}")
-  dtype = jnp.promote_types(means.dtype, point.dtype)
-  return means.astype(dtype), stds.astype(dtype), point.astype(dtype)
+def _check_mixture_and_targets(predictions: ArrayLike, targets: ArrayLike):
+  means, stds = split_mixture(predictions)
+  targets = _common.as_float(targets, "targets")
+  _common.chex().assert_shape(
+      targets, (means.shape[0], means.shape[2]),
+      custom_message=f"`targets` {targets.shape} must have shape (B, D) = {(means.shape[0], means.shape[2])} "
+                     f"for `predictions` {jnp.shape(predictions)}")
+  dtype = jnp.promote_types(means.dtype, targets.dtype)
+  return means.astype(dtype), stds.astype(dtype), targets.astype(dtype)
 
 
-def _log_mixture_weights(log_weights: Optional[chex.Array], num_components: int, batch: int) -> chex.Array:
+def _log_mixture_weights(log_weights: jax.Array | None, num_components: int, batch: int) -> jax.Array:
   """Normalised log weights `(B, I)`: uniform (PROPEL) when `log_weights` is None."""
   if log_weights is None:
     return jnp.full((batch, num_components), -math.log(num_components))
   log_weights = _common.as_float(log_weights, "log_weights")
-  chex.assert_shape(log_weights, (batch, num_components),
-                    custom_message=f"`log_weights` {log_weights.shape} must have shape (B, I) = {(batch, num_components)}")
+  _common.chex().assert_shape(log_weights, (batch, num_components),
+                    custom_message=f"`log_weights` {log_weights.shape} must have shape (B, I) = "
+                                   f"{(batch, num_components)}")
   return jax.nn.log_softmax(log_weights, axis=-1)
 
 
 def mixture_log_density(
-    pred: chex.Array, point: chex.Array, *, log_weights: Optional[chex.Array] = None) -> chex.Array:
-  """Natural-log density of the predicted mixture at `point`, shape `(B,)`.
+    predictions: ArrayLike, targets: ArrayLike, *, log_weights: ArrayLike | None = None) -> jax.Array:
+  """Natural-log density of the predicted mixture at `targets`, e.g. for a held-out negative log-likelihood.
 
   Args:
-    pred: `(B, I, 2D)` means then standard deviations.
-    point: `(B, D)`, e.g. the target, for a held-out negative log-likelihood.
+    predictions: `(B, I, 2D)` means then standard deviations.
+    targets: `(B, D)` points at which to evaluate the density.
     log_weights: optional `(B, I)` unnormalised log mixture weights (a
       mixture density network's); uniform 1/I, as in PROPEL, when None.
+
+  Returns:
+    `(B,)` log densities.
+
+  Examples:
+    >>> import math
+    >>> import jax.numpy as jnp
+    >>> import losses
+    >>> standard_normal = jnp.array([[[0.0, 1.0]]])  # I = 1, D = 1: mean 0, standard deviation 1
+    >>> print(losses.mixture_log_density(standard_normal, jnp.zeros((1, 1))), -0.5 * math.log(2 * math.pi))
+    [-0.9189385] -0.9189385332046727
   """
-  means, stds, point = _check_mixture_and_point(pred, point, "point")
-  z = (point[:, None, :] - means) / stds
+  means, stds, targets = _check_mixture_and_targets(predictions, targets)
+  z = (targets[:, None, :] - means) / stds
   log_components = -jnp.sum(_LOG_SQRT_2PI + jnp.log(stds) + 0.5 * z * z, axis=-1)
   log_weights = _log_mixture_weights(log_weights, means.shape[1], means.shape[0])
   return jax.nn.logsumexp(log_components + log_weights, axis=-1)
 
 
-def mixture_mean(pred: chex.Array, *, log_weights: Optional[chex.Array] = None) -> chex.Array:
-  """The mean `(B, D)` of the predicted mixture (uniform weights when `log_weights` is None)."""
-  means, _ = split_mixture(pred)
+def mixture_mean(predictions: ArrayLike, *, log_weights: ArrayLike | None = None) -> jax.Array:
+  """The mean `(B, D)` of the predicted `(B, I, 2D)` mixture (uniform weights when `log_weights` is None).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import losses
+    >>> two_components = jnp.array([[[0.0, 0.1], [1.0, 0.1]]])  # D = 1, means 0 and 1
+    >>> print(losses.mixture_mean(two_components))
+    [[0.5]]
+  """
+  means, _ = split_mixture(predictions)
   weights = jnp.exp(_log_mixture_weights(log_weights, means.shape[1], means.shape[0]))
   return jnp.einsum("bi,bid->bd", weights, means)
 
 
-def _log_product_of_halves(q: chex.Array) -> chex.Array:
+def _log_product_of_halves(q: jax.Array) -> jax.Array:
   """log Π_d (q_d/2) over the last axis for q ∈ [1, 2]: one log per 64 factors (2^-64 does not underflow)."""
   dims = q.shape[-1]
   return sum(jnp.log(jnp.prod(0.5 * q[..., start:start + 64], axis=-1)) for start in range(0, dims, 64))
@@ -201,7 +245,7 @@ def _pair_terms(diff, std_a, std_b, log_a, log_b):
   return log_overlap, z2, inverse_variance
 
 
-def _roll_components(x: chex.Array, shift: int) -> chex.Array:
+def _roll_components(x: jax.Array, shift: int) -> jax.Array:
   """`out[:, i] = x[:, (i + shift) % I]`: component i paired with component i + shift."""
   return jnp.roll(x, -shift, axis=1)
 
@@ -267,17 +311,17 @@ def _propel_terms(means, stds, target, sigma, with_gradient):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _propel(pred: chex.Array, target: chex.Array, sigma: float) -> chex.Array:
-  dims = pred.shape[-1] // 2
-  return _propel_terms(pred[..., :dims], pred[..., dims:], target, sigma, with_gradient=False)
+def _propel(predictions: jax.Array, targets: jax.Array, sigma: float) -> jax.Array:
+  dims = predictions.shape[-1] // 2
+  return _propel_terms(predictions[..., :dims], predictions[..., dims:], targets, sigma, with_gradient=False)
 
 
 def _propel_jvp(sigma, primals, tangents):
-  pred, target = primals
+  predictions, targets = primals
   d_pred, d_target = tangents
-  dims = pred.shape[-1] // 2
+  dims = predictions.shape[-1] // 2
   loss, grad_means, grad_stds, grad_target = _propel_terms(
-      pred[..., :dims], pred[..., dims:], target, sigma, with_gradient=True)
+      predictions[..., :dims], predictions[..., dims:], targets, sigma, with_gradient=True)
   tangent = jnp.zeros_like(loss)
   if not isinstance(d_pred, jax.custom_derivatives.SymbolicZero):
     tangent = tangent + jnp.sum(jnp.concatenate([grad_means, grad_stds], axis=-1) * d_pred, axis=(1, 2))
@@ -290,32 +334,45 @@ _propel.defjvp(_propel_jvp, symbolic_zeros=True)
 
 
 def propel_loss(
-    pred: chex.Array,
-    target: chex.Array,
+    predictions: ArrayLike,
+    targets: ArrayLike,
     *,
     sigma: float = 0.1,
     reduction: str = "mean",
-) -> chex.Array:
+) -> jax.Array:
   """PROPEL loss log₁₀ T2 − log₁₀ T1 (Asad et al., ICPR 2020), in the log domain.
 
   Args:
-    pred: `(B, I, 2D)` network output: for each of the I components, D means
-      then D positive standard deviations (see `constrain_mixture`).
-    target: `(B, D)` regression targets, the means of the ground-truth
+    predictions: `(B, I, 2D)` network output: for each of the I components,
+      D means then D positive standard deviations (see `constrain_mixture`).
+    targets: `(B, D)` regression targets, the means of the ground-truth
       Gaussians.
-    sigma: standard deviation of the isotropic ground-truth Gaussian.
-    reduction: "mean" or "sum" over the batch, or "none" for shape `(B,)`.
-      An empty batch (B = 0) gives 0 with a zero gradient ("mean", "sum")
-      or `(0,)`.
+    sigma: standard deviation of the isotropic ground-truth Gaussian, a
+      static number > 0.
+    reduction: "mean" or "sum" over the B examples, or "none" for `(B,)`.
+      The mean over an empty batch (B = 0) is 0 with a zero gradient.
 
   Returns:
     A scalar, or `(B,)` for `reduction="none"`; ≥ 0, in log10 units.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> import losses
+    >>> targets = jnp.array([[0.3, -1.0]])  # B = 1, D = 2
+    >>> perfect = jnp.concatenate([targets, jnp.full((1, 2), 0.1)], axis=-1)[:, None]  # I = 1, σᵢ = σ
+    >>> print(losses.propel_loss(perfect, targets, sigma=0.1))
+    0.0
+    >>> shifted = perfect.at[..., 0].add(0.1)
+    >>> print(round(float(losses.propel_loss(shifted, targets, sigma=0.1)), 4))  # log₁₀ exp(0.1² / (4σ²))
+    0.1086
+    >>> jax.grad(losses.propel_loss)(shifted, targets).shape
+    (1, 1, 4)
   """
   _common.check_reduction(reduction)
   _common.check_number(sigma, "sigma", minimum=0.0, strict=True, why=" (the ground-truth standard deviation)",
                        static=True)
-  means, _, target = _check_mixture_and_point(pred, target, "target")
-  # `pred` itself (not a concatenation of its halves) is the differentiated input,
+  means, _, targets = _check_mixture_and_targets(predictions, targets)
+  # `predictions` itself (not a concatenation of its halves) is the differentiated input,
   # so its gradient is built once, without padding and adding the halves.
-  pred = _common.as_float(pred, "pred").astype(means.dtype)
-  return _common.reduce_masked(_propel(pred, target, float(sigma)), None, reduction)
+  predictions = _common.as_float(predictions, "predictions").astype(means.dtype)
+  return _common.reduce_masked(_propel(predictions, targets, float(sigma)), None, reduction)

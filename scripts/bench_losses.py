@@ -1,8 +1,8 @@
 """Loss benchmarks: each public loss against the formulation a user would otherwise write, and a floor.
 
-    python scripts/bench_losses.py                      # full run, ~1.5 minutes on 2 CPU cores
-    python scripts/bench_losses.py --quick --only=angular,propel
-    python scripts/bench_losses.py --output=/tmp/loss-benchmarks.md
+    python -m scripts.bench_losses                      # full run, ~1.5 minutes on 2 CPU cores
+    python -m scripts.bench_losses --quick --only=angular,propel
+    python -m scripts.bench_losses --output=/tmp/loss-benchmarks.md
 
 For every loss and size it times, in one process and side by side:
 
@@ -30,6 +30,7 @@ program's own account (`memory_analysis()`: temporaries + outputs), since
 there is no allocator high-water mark for the CPU backend. Prints Markdown.
 """
 
+from collections.abc import Callable
 import datetime
 import importlib.metadata
 import math
@@ -38,7 +39,6 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Optional
 
 from absl import app
 from absl import flags
@@ -46,9 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tests import test_propel  # pylint: disable=g-import-not-at-top,wrong-import-position
+import losses
 
 _QUICK = flags.DEFINE_bool("quick", False, "Fewer sizes and repeats (a smoke test, ~35 s on 2 CPU cores).")
 _ONLY = flags.DEFINE_list("only", ["angular", "propel", "semi_conv", "f2", "multitask"],
@@ -101,25 +99,25 @@ def measure(impls: list[Impl], repeats: int, budget_s: float) -> None:
         impl.times.append(impl.run_once())
 
 
-def median_ms(impl: Optional[Impl]) -> Optional[float]:
+def median_ms(impl: Impl | None) -> float | None:
   return None if impl is None or not impl.times else 1e3 * statistics.median(impl.times)
 
 
-def fmt_ms(value: Optional[float]) -> str:
+def fmt_ms(value: float | None) -> str:
   if value is None:
     return "—"
   return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
-def fmt_ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
+def fmt_ratio(numerator: float | None, denominator: float | None) -> str:
   if numerator is None or denominator is None:
     return "—"
   ratio = numerator / denominator
   return f"{ratio:.2g}×" if ratio < 10 else f"{ratio:.0f}×"
 
 
-def comparison_table(rows: list[tuple[str, Optional[Impl], Optional[Impl]]], ours: tuple[Impl, Optional[Impl]],
-                     floor: tuple[Impl, Optional[Impl]]) -> str:
+def comparison_table(rows: list[tuple[str, Impl | None, Impl | None]], ours: tuple[Impl, Impl | None],
+                     floor: tuple[Impl, Impl | None]) -> str:
   """Rows of (name, forward, forward+backward); ratios are peer time / our time, and ours / floor."""
   ours_f, ours_b = median_ms(ours[0]), median_ms(ours[1])
   lines = ["| implementation | forward (ms) | fwd+bwd (ms) | ours faster, forward | ours faster, fwd+bwd |",
@@ -135,7 +133,7 @@ def comparison_table(rows: list[tuple[str, Optional[Impl], Optional[Impl]]], our
   return "\n".join(lines)
 
 
-def per_element_line(python: Optional[Impl], ours_forward: Impl, unit: str, ours_elements: int) -> str:
+def per_element_line(python: Impl | None, ours_forward: Impl, unit: str, ours_elements: int) -> str:
   """The pure-Python loop's time per element against ours per element (forward)."""
   if python is None or not python.times:
     return ""
@@ -207,8 +205,8 @@ def bench_angular(quick: bool, repeats: int, budget: float) -> str:
     y_true = jax.random.normal(keys[0], shape)
     y_pred = jax.random.normal(keys[1], shape)
     pixels = int(np.prod(shape[:-1]))
-    ours_f = Impl("ours f", jitted(lambda t, p: losses.angular_loss(t, p), y_true, y_pred))
-    ours_b = Impl("ours b", value_and_grad(lambda p, t: losses.angular_loss(t, p), y_pred, y_true))
+    ours_f = Impl("ours f", jitted(lambda t, p: losses.angular_loss(p, t), y_true, y_pred))
+    ours_b = Impl("ours b", value_and_grad(losses.angular_loss, y_pred, y_true))
     peer_f = Impl("arccos f", jitted(angular_arccos_jax, y_true, y_pred))
     peer_b = Impl("arccos b", value_and_grad(lambda p, t: angular_arccos_jax(t, p), y_pred, y_true))
     # Floor: read both inputs, write one value per pixel / a gradient-sized array and a scalar.
@@ -224,7 +222,7 @@ def bench_angular(quick: bool, repeats: int, budget: float) -> str:
     if shape == shapes[-1]:
       small_t = np.asarray(y_true[0, :32, :32]).reshape(-1, 2).tolist()
       small_p = np.asarray(y_pred[0, :32, :32]).reshape(-1, 2).tolist()
-      python = Impl("python", lambda: angular_python(small_t, small_p), "python", elements=len(small_t))
+      python = Impl("python", lambda t=small_t, p=small_p: angular_python(t, p), "python", elements=len(small_t))
       impls.append(python)
     measure(impls, repeats, budget)
     rows = [("JAX arccos of the normalised dot, jitted", peer_f, peer_b)]
@@ -261,6 +259,27 @@ def propel_direct_jax(pred, target, sigma=0.1):
   return jnp.mean(jnp.log10(t2) - jnp.log10(t1))
 
 
+def propel_python(pred, target, sigma=0.1):
+  """PROPEL per example in plain Python: every overlap of the I×I matrix as a product over dimensions."""
+  dims = len(target[0])
+
+  def overlap(mean_a, std_a, mean_b, std_b):
+    value = 1.0
+    for a, s_a, b, s_b in zip(mean_a, std_a, mean_b, std_b):
+      variance = s_a * s_a + s_b * s_b
+      value *= math.exp(-(a - b) ** 2 / (2 * variance)) / math.sqrt(2 * math.pi * variance)
+    return value
+
+  total = 0.0
+  for components, point in zip(pred.tolist(), target.tolist()):
+    parts = [(c[:dims], c[dims:]) for c in components]
+    truth = (point, [sigma] * dims)
+    t1 = 2 * sum(overlap(*truth, *part) for part in parts) / len(parts)
+    t2 = overlap(*truth, *truth) + sum(overlap(*a, *b) for a in parts for b in parts) / len(parts) ** 2
+    total += math.log10(t2) - math.log10(t1)
+  return total / len(target)
+
+
 def propel_torchpropel(pred, target, sigma=0.1):
   """`torchpropel.getloss` with the ground-truth variance in D dimensions (as tests/test_propel.py calls it)."""
   dims = target.shape[-1]
@@ -293,9 +312,8 @@ def bench_propel(quick: bool, repeats: int, budget: float) -> str:
       tp_b = Impl("torchpropel b", torch_value_and_grad(propel_torchpropel, t_pred, t_target), "torch")
       impls += [tp_f, tp_b]
     if (batch, components, dims) == configs[-1] or (batch, components, dims) == (4096, 8, 3):
-      # The tests' float64 reference: the paper's formula with loops over components, pairs and dimensions.
       small = np.asarray(pred[:64]), np.asarray(target[:64])
-      python = Impl("python", lambda s=small: test_propel.reference_loss(*s, 0.1), "python", elements=64)
+      python = Impl("python", lambda s=small: propel_python(*s), "python", elements=64)
       impls.append(python)
     measure(impls, repeats, budget)
     rows = [("JAX direct formula (torchpropel's, fixed), jitted", peer_f, peer_b)]
@@ -369,16 +387,16 @@ def bench_semi_conv(quick: bool, repeats: int, budget: float) -> str:
   counts = [1, 64, 256] if quick else [1, 4, 16, 64, 256]
   embeddings = jax.random.normal(jax.random.key(2), (batch, height, width, channels))
   out = ["## Semi-convolutional loss (`losses.semi_conv_loss`)", "",
-         f"B = {batch}, {height}×{width} pixels, C = {channels} embedding channels, float32; K instances per image "
-         "(Voronoi cells of K random seeds, 30% of the pixels background), `max_instances` = K.", "",
-         "| K | ours forward (ms) | ours fwd+bwd (ms) | one-hot forward (ms) | one-hot fwd+bwd (ms) | ours faster, "
-         "fwd+bwd | ours memory, fwd+bwd (MB) | one-hot memory, fwd+bwd (MB) | ours memory, forward (MB) | "
-         "one-hot memory, forward (MB) |",
+         (f"B = {batch}, {height}×{width} pixels, C = {channels} embedding channels, float32; K instances per image "
+          "(Voronoi cells of K random seeds, 30% of the pixels background), `max_instances` = K."), "",
+         ("| K | ours forward (ms) | ours fwd+bwd (ms) | one-hot forward (ms) | one-hot fwd+bwd (ms) | ours faster, "
+          "fwd+bwd | ours memory, fwd+bwd (MB) | one-hot memory, fwd+bwd (MB) | ours memory, forward (MB) | "
+          "one-hot memory, forward (MB) |"),
          "|---|---|---|---|---|---|---|---|---|---|"]
   at_64 = None
   for num in counts:
     labels = voronoi_labels(batch, height, width, num)
-    ours_fn = lambda e, l, k=num: losses.semi_conv_loss(l, e, max_instances=k)
+    ours_fn = lambda e, l, k=num: losses.semi_conv_loss(e, l, max_instances=k)
     hot_fn = lambda e, l, k=num: semi_conv_one_hot(l, e, k)
     ours_f = Impl("ours f", jitted(ours_fn, embeddings, labels))
     ours_b = Impl("ours b", value_and_grad(ours_fn, embeddings, labels))
@@ -393,7 +411,8 @@ def bench_semi_conv(quick: bool, repeats: int, budget: float) -> str:
                                        embeddings, labels))
       python_labels = np.asarray(labels[:1, :32, :32]).reshape(1, -1).tolist()
       python_embeddings = np.asarray(embeddings[:1, :32, :32]).reshape(1, -1, channels).tolist()
-      python = Impl("python", lambda: semi_conv_python(python_labels, python_embeddings), "python", elements=32 * 32)
+      python = Impl("python", lambda l=python_labels, e=python_embeddings: semi_conv_python(l, e), "python",
+                    elements=32 * 32)
       impls += [floor_f, floor_b, python]
       at_64 = (ours_f, ours_b, floor_f, floor_b, python)
     measure(impls, repeats, budget)
@@ -405,9 +424,9 @@ def bench_semi_conv(quick: bool, repeats: int, budget: float) -> str:
                + " | ".join(f"{m:.1f}" for m in memory) + " |")
   if at_64 is not None:
     ours_f, ours_b, floor_f, floor_b, python = at_64
-    out += ["", f"Floor at K = 64: forward {fmt_ms(median_ms(floor_f))} ms, fwd+bwd {fmt_ms(median_ms(floor_b))} ms "
-            f"(ours = {fmt_ratio(median_ms(ours_f), median_ms(floor_f))} and "
-            f"{fmt_ratio(median_ms(ours_b), median_ms(floor_b))} the floor).", "",
+    out += ["", (f"Floor at K = 64: forward {fmt_ms(median_ms(floor_f))} ms, fwd+bwd {fmt_ms(median_ms(floor_b))} ms "
+                 f"(ours = {fmt_ratio(median_ms(ours_f), median_ms(floor_f))} and "
+                 f"{fmt_ratio(median_ms(ours_b), median_ms(floor_b))} the floor)."), "",
             per_element_line(python, ours_f, "pixel", batch * height * width)]
   return "\n".join(out) + "\n"
 
@@ -418,9 +437,9 @@ def bench_semi_conv(quick: bool, repeats: int, budget: float) -> str:
 THRESHOLDS = np.asarray(losses.instances.AIRBUS_THRESHOLDS, np.float32)
 
 
-def f2_broadcast(true_labels, pred_labels, max_objects):
-  """Every true mask against every predicted mask by broadcasting (K_t, K_p, H, W); ids in 1…max_objects."""
-  ids = jnp.arange(1, max_objects + 1)
+def f2_broadcast(true_labels, pred_labels, max_instances):
+  """Every true mask against every predicted mask by broadcasting (K_t, K_p, H, W); ids in 1…max_instances."""
+  ids = jnp.arange(1, max_instances + 1)
 
   def per_image(truth, prediction):
     true_masks = truth[None] == ids[:, None, None]
@@ -483,11 +502,11 @@ def rectangle_scenes(batch, size, num_objects, seed=0):
 def bench_f2(quick: bool, repeats: int, budget: float) -> str:
   configs = [(8, 64, 32)] if quick else [(8, 64, 32), (8, 128, 64)]
   out = ["## Airbus F2 metric (`losses.f2_iou_score`, forward only: a metric)", ""]
-  for batch, size, max_objects in configs:
-    truth, prediction = rectangle_scenes(batch, size, max_objects // 2)
-    ours = Impl("ours", jitted(lambda t, p, m=max_objects: losses.f2_iou_score(t, p, max_objects=m), truth,
+  for batch, size, max_instances in configs:
+    truth, prediction = rectangle_scenes(batch, size, max_instances // 2)
+    ours = Impl("ours", jitted(lambda t, p, m=max_instances: losses.f2_iou_score(p, t, max_instances=m), truth,
                                prediction))
-    broadcast = Impl("broadcast", jitted(lambda t, p, m=max_objects: f2_broadcast(t, p, m), truth, prediction))
+    broadcast = Impl("broadcast", jitted(lambda t, p, m=max_instances: f2_broadcast(t, p, m), truth, prediction))
     # Floor: read both label maps, write one value per image.
     floor = Impl("floor", jitted(lambda t, p: jnp.sum(t + p, axis=(1, 2)), truth, prediction))
     impls = [ours, broadcast, floor]
@@ -495,17 +514,18 @@ def bench_f2(quick: bool, repeats: int, budget: float) -> str:
     if size == configs[-1][1]:
       flat_t = np.asarray(truth[:2]).reshape(2, -1).tolist()
       flat_p = np.asarray(prediction[:2]).reshape(2, -1).tolist()
-      python = Impl("python", lambda: f2_python(flat_t, flat_p), "python", elements=2 * size * size)
+      python = Impl("python", lambda t=flat_t, p=flat_p: f2_python(t, p), "python", elements=2 * size * size)
       impls.append(python)
     measure(impls, repeats, budget)
     assert abs(float(ours.call()) - float(broadcast.call())) < 1e-6
-    out += [f"B = {batch}, {size}×{size} pixels, {max_objects // 2} objects per image, `max_objects` = {max_objects}.",
+    out += [(f"B = {batch}, {size}×{size} pixels, {max_instances // 2} objects per image, "
+             f"`max_instances` = {max_instances}."),
             "", "| implementation | time (ms) | ours faster |", "|---|---|---|",
             f"| **ours** (contingency table of compacted ids) | {fmt_ms(median_ms(ours))} | — |",
-            f"| JAX broadcast (K_t, K_p, H, W), jitted | {fmt_ms(median_ms(broadcast))} | "
-            f"{fmt_ratio(median_ms(broadcast), median_ms(ours))} |",
-            f"| floor (see below) | {fmt_ms(median_ms(floor))} | ours = {fmt_ratio(median_ms(ours), median_ms(floor))} "
-            "floor |", ""]
+            (f"| JAX broadcast (K_t, K_p, H, W), jitted | {fmt_ms(median_ms(broadcast))} | "
+             f"{fmt_ratio(median_ms(broadcast), median_ms(ours))} |"),
+            (f"| floor (see below) | {fmt_ms(median_ms(floor))} | "
+             f"ours = {fmt_ratio(median_ms(ours), median_ms(floor))} floor |"), ""]
     if python is not None:
       out += [per_element_line(python, ours, "pixel", batch * size * size), ""]
   return "\n".join(out)

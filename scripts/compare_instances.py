@@ -1,19 +1,15 @@
 """The README table of the ship instance experiment from a finished run.
 
-    python scripts/compare_instances.py --run=/tmp/instances
+    python -m scripts.compare_instances --run=/tmp/instances
 
 Both rows come from the run's final evaluation: the semi-convolutional
 instances and the connected components of the same predicted foreground.
 """
 
-import os
-import sys
-
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scripts import tables  # pylint: disable=g-import-not-at-top,wrong-import-position
+from scripts import tables
 
 _RUN = flags.DEFINE_string("run", None, "Workdir of a finished `configs/instances.py` run.", required=True)
 

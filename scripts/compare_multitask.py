@@ -1,6 +1,6 @@
 """Trains every loss weighting of the multi-task experiment over several seeds and prints the table.
 
-    python scripts/compare_multitask.py --output_dir=/tmp/multitask_sweep --seeds=0,1,2
+    python -m scripts.compare_multitask --output_dir=/tmp/multitask_sweep --seeds=0,1,2
 
 Runs `train.train_and_evaluate` on `configs/multitask.py` for fixed α ∈ {0.1,
 0.5, 0.9}, trainable α, uncertainty weighting and DWA (finished runs in
@@ -10,15 +10,12 @@ mean ± standard deviation over the seeds, and writes
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import multitask as multitask_config
 from scripts import tables
 from tasks import base

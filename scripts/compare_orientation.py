@@ -1,6 +1,6 @@
 """The README table: trained orientation runs against the structure-tensor baseline.
 
-    python scripts/compare_orientation.py --config=configs/orientation.py \
+    python -m scripts.compare_orientation --config=configs/orientation.py \
         --runs="U-Net, angular loss=/tmp/orient_angular,U-Net, MSE=/tmp/orient_mse"
 
 Each run's numbers are its final evaluation in `<workdir>/metrics.jsonl`; the
@@ -8,16 +8,12 @@ baseline is evaluated here on the same held-out set (its two scales tuned on a
 separate validation draw). Prints a Markdown table.
 """
 
-import os
-import sys
-
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scripts import tables  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tasks import orientation  # pylint: disable=g-import-not-at-top,wrong-import-position
+from scripts import tables
+from tasks import orientation
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/orientation.py", "The runs' config.")
 _RUNS = flags.DEFINE_list("runs", [], "Comma-separated `label=workdir` pairs (labels may not contain commas).")
@@ -26,9 +22,11 @@ COLUMNS = [
     ("mean_abs_error_deg", "MAE (°)", "{:.2f}"),
     ("within_5deg", "≤ 5°", "{:.1%}"),
     ("within_10deg", "≤ 10°", "{:.1%}"),
+    ("goe", "GOE", "{:.4f}"),
     ("noisy/mean_abs_error_deg", "noisy MAE (°)", "{:.2f}"),
     ("noisy/within_5deg", "noisy ≤ 5°", "{:.1%}"),
     ("noisy/within_10deg", "noisy ≤ 10°", "{:.1%}"),
+    ("noisy/goe", "noisy GOE", "{:.4f}"),
 ]
 
 

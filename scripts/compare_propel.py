@@ -1,6 +1,6 @@
 """The README tables of the PROPEL experiment from finished runs.
 
-    python scripts/compare_propel.py \
+    python -m scripts.compare_propel \
         --runs="PROPEL I=1=/tmp/propel_i1,PROPEL I=2=/tmp/propel_i2,MSE=/tmp/propel_mse"
 
 Each run's numbers are its final evaluation in `<workdir>/metrics.jsonl`.
@@ -8,14 +8,10 @@ Prints the overall table (errors in degrees, NLL in nats) and the mean-error
 per digit class.
 """
 
-import os
-import sys
-
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scripts import tables  # pylint: disable=g-import-not-at-top,wrong-import-position
+from scripts import tables
 
 _RUNS = flags.DEFINE_list("runs", [], "Comma-separated `label=workdir` pairs (labels may not contain commas).")
 

@@ -1,6 +1,6 @@
 """Reading finished runs and printing Markdown tables."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from tasks import base
 

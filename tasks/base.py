@@ -1,9 +1,10 @@
 """The contract between an experiment and the generic training loop."""
 
+from collections.abc import Callable
 import dataclasses
 import json
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,23 @@ class Task:
 def step_key(seed: int, step: jax.Array) -> jax.Array:
   """The PRNG key of the training batch at `step`: resuming at a step replays the same data."""
   return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def sampled_batches(sample: Callable[[jax.Array, int], PyTree], batch_size: int):
+  """`train_batch(seed, step)` drawing `sample(key, batch_size)` from the step's key (see `step_key`)."""
+  return lambda seed, step: sample(step_key(seed, step), batch_size)
+
+
+def init_on_images(model, image_shape: tuple[int, ...]) -> Callable[[jax.Array], PyTree]:
+  """`rng -> params` of a Flax `model` that reads `(B, *image_shape)` images, initialised on one zero image."""
+  return lambda rng: model.init(rng, jnp.zeros((1, *image_shape)))["params"]
+
+
+def write_figure(workdir: str, filename: str, draw: Callable[[str], None]) -> list[str]:
+  """Calls `draw(path)` for `path` = `workdir/filename` and returns `[path]`, as `Task.write_figures` does."""
+  path = os.path.join(workdir, filename)
+  draw(path)
+  return [path]
 
 
 def map_in_chunks(fn: Callable[..., PyTree], params: PyTree, images: jax.Array, chunk_size: int) -> PyTree:

@@ -1,18 +1,17 @@
 """Ship instance segmentation with semi-convolutional embeddings, scored with the Airbus F2 metric.
 
 A U-Net maps a synthetic scene (`data.ships`) to one foreground logit and C
-embedding channels Φ; `models.SemiConvolution` adds the pixel coordinates,
+embedding channels Φ; `losses.semi_convolution` adds the pixel coordinates,
 Ψ = Φ + s·(x, y) with s = half the image size, so Ψ is in pixels and each
 pixel can learn to point at its ship's centre. The loss is the foreground
 binary cross-entropy plus `config.embedding_weight` times
 `losses.semi_conv_loss`. Instances are extracted with
-`models.extract_instances`; the baseline labels the connected components of
+`losses.extract_instances`; the baseline labels the connected components of
 the same predicted foreground. Both are scored with `losses.f2_iou_score`
 on a fixed held-out set, overall and on the scenes with touching ships.
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -20,12 +19,9 @@ import ml_collections
 import numpy as np
 import optax
 
-import losses
 from data import ships
-from models import SemiConvolution
+import losses
 from models import UNet
-from models import connected_components
-from models import extract_instances
 from tasks import base
 from tasks.base import Task
 
@@ -37,26 +33,25 @@ def _sampler(config: ml_collections.ConfigDict):
 
 def build(config: ml_collections.ConfigDict) -> Task:
   unet = UNet(features=tuple(config.model.features), out_channels=1 + config.embedding_dims)
-  semi_conv = SemiConvolution(scale=config.image_size / 2)
   sample = _sampler(config)
   max_instances = config.data.max_ships
 
-  def init(rng):
-    return unet.init(rng, jnp.zeros((1, config.image_size, config.image_size, 1)))["params"], {}
+  init_unet = base.init_on_images(unet, (config.image_size, config.image_size, 1))
 
-  def train_batch(seed, step):
-    return sample(base.step_key(seed, step), config.batch_size)
+  def init(rng):
+    return init_unet(rng), {}
 
   def predict(params, images):
     """`(foreground logits (B, H, W), embeddings Ψ (B, H, W, C))`."""
     outputs = unet.apply({"params": params}, images - 0.3)
-    return outputs[..., 0], semi_conv.apply({}, config.embedding_output_scale * outputs[..., 1:])
+    embeddings = losses.semi_convolution(config.embedding_output_scale * outputs[..., 1:], scale=config.image_size / 2)
+    return outputs[..., 0], embeddings
 
   def loss(params, task_state, batch, rng):
     del rng
     logits, embeddings = predict(params, batch["image"])
     foreground = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, (batch["labels"] > 0).astype(jnp.float32)))
-    embedding = losses.semi_conv_loss(batch["labels"], embeddings, max_instances=max_instances)
+    embedding = losses.semi_conv_loss(embeddings, batch["labels"], max_instances=max_instances)
     metrics = {"foreground_loss": foreground, "embedding_loss": embedding}
     return foreground + config.embedding_weight * embedding, (metrics, task_state)
 
@@ -64,12 +59,12 @@ def build(config: ml_collections.ConfigDict) -> Task:
   def segment(params, images):
     logits, embeddings = predict(params, images)
     probability = jax.nn.sigmoid(logits)
-    instances = extract_instances(probability, embeddings, max_instances=config.extraction.max_instances,
-                                  distance=config.extraction.distance)
-    return instances, connected_components(probability > 0.5)
+    instances = losses.extract_instances(probability, embeddings, max_instances=config.extraction.max_instances,
+                                         distance=config.extraction.distance)
+    return instances, losses.connected_components(probability > 0.5)
 
-  # Under jit the objects beyond `max_objects` (specks of a noisy foreground) merge instead of raising.
-  score = jax.jit(functools.partial(losses.f2_iou_score, reduction="none", max_objects=config.eval.max_objects))
+  # Under jit the objects beyond `max_instances` (specks of a noisy foreground) merge instead of raising.
+  score = jax.jit(functools.partial(losses.f2_iou_score, reduction="none", max_instances=config.eval.max_instances))
 
   @functools.cache
   def test_set():
@@ -78,11 +73,12 @@ def build(config: ml_collections.ConfigDict) -> Task:
   def evaluate(params, task_state):
     del task_state
     scenes = test_set()
-    predictions = dict(zip(("semi_conv", "connected_components"), base.map_in_chunks(segment, params, scenes["image"], config.eval.batch_size)))
+    predictions = dict(zip(("semi_conv", "connected_components"),
+                           base.map_in_chunks(segment, params, scenes["image"], config.eval.batch_size)))
     touching = np.asarray(scenes["touching"])
     metrics = {}
     for name, labels in predictions.items():
-      scores = np.asarray(score(scenes["labels"], labels))
+      scores = np.asarray(score(labels, scenes["labels"]))
       metrics.update({f"f2_{name}": float(scores.mean()), f"touching/f2_{name}": float(scores[touching].mean()),
                       f"separate/f2_{name}": float(scores[~touching].mean())})
     return metrics
@@ -91,11 +87,11 @@ def build(config: ml_collections.ConfigDict) -> Task:
     del task_state
     scenes = jax.tree.map(lambda x: x[:6], test_set())
     instances, components = segment(params, scenes["image"])
-    path = os.path.join(workdir, "instances.png")
-    _plot_instances(scenes, instances, components, path)
-    return [path]
+    draw = functools.partial(_plot_instances, scenes, instances, components)
+    return base.write_figure(workdir, "instances.png", draw)
 
-  return Task(init=init, train_batch=train_batch, loss=loss, evaluate=evaluate, write_figures=write_figures)
+  return Task(init=init, train_batch=base.sampled_batches(sample, config.batch_size), loss=loss, evaluate=evaluate,
+              write_figures=write_figures)
 
 
 def _plot_instances(scenes, instances, components, path: str) -> None:

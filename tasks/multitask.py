@@ -17,15 +17,14 @@ placements.
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-import losses
 from data import digits
+import losses
 from models import UNet
 from tasks import base
 from tasks.base import Task
@@ -62,13 +61,11 @@ def build(config: ml_collections.ConfigDict) -> Task:
   split = digits.load_split()
   sample_train = _sampler(config, jax.tree.map(jnp.asarray, split["train"]))
 
-  def init(rng):
-    images = jnp.zeros((1, config.canvas_size, config.canvas_size, 1))
-    weighting_params, weighting_state = weighting.init()
-    return {"model": model.init(rng, images)["params"], "weighting": weighting_params}, weighting_state
+  init_model = base.init_on_images(model, (config.canvas_size, config.canvas_size, 1))
 
-  def train_batch(seed, step):
-    return sample_train(base.step_key(seed, step), config.batch_size)
+  def init(rng):
+    weighting_params, weighting_state = weighting.init()
+    return {"model": init_model(rng), "weighting": weighting_params}, weighting_state
 
   def predict(params, images):
     return model.apply({"params": params["model"]}, images)
@@ -108,11 +105,11 @@ def build(config: ml_collections.ConfigDict) -> Task:
 
   def write_figures(params, task_state, workdir):
     del params, task_state
-    path = os.path.join(workdir, "multitask_weights.png")
-    plot_weight_history([(config.weighting, base.read_metrics(workdir, "train"))], path)
-    return [path]
+    return base.write_figure(workdir, "multitask_weights.png", functools.partial(
+        plot_weight_history, [(config.weighting, base.read_metrics(workdir, "train"))]))
 
-  return Task(init=init, train_batch=train_batch, loss=loss, evaluate=evaluate, write_figures=write_figures)
+  return Task(init=init, train_batch=base.sampled_batches(sample_train, config.batch_size), loss=loss,
+              evaluate=evaluate, write_figures=write_figures)
 
 
 def plot_weight_history(runs: list[tuple[str, list[dict[str, float]]]], path: str) -> None:

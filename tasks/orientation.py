@@ -10,15 +10,14 @@ held-out set by `evaluate_structure_tensor`.
 
 import functools
 import itertools
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import losses
 from data import fringes
+import losses
 from models import UNet
 from models import structure_tensor_orientation
 from tasks import base
@@ -45,7 +44,7 @@ def _split_metrics(examples, predicted_orientation, *, noisy_threshold):
   noisy = examples["noise_std"] > noisy_threshold
   splits = {"": examples["mask"], "noisy/": examples["mask"] & noisy[:, None, None]}
   return {prefix + name: value for prefix, mask in splits.items()
-          for name, value in losses.orientation_metrics(target, prediction, mask=mask, axial=True).items()}
+          for name, value in losses.orientation_metrics(prediction, target, mask=mask, axial=True).items()}
 
 
 def _metrics_by_split(config, examples, predicted_orientation) -> dict[str, float]:
@@ -94,12 +93,10 @@ def build(config: ml_collections.ConfigDict) -> Task:
   model = UNet(features=tuple(config.model.features), out_channels=2)
   sample_batch = _sampler(config)
 
-  def init(rng):
-    images = jnp.zeros((1, config.image_size, config.image_size, 1))
-    return model.init(rng, images)["params"], {}
+  init_model = base.init_on_images(model, (config.image_size, config.image_size, 1))
 
-  def train_batch(seed, step):
-    return sample_batch(base.step_key(seed, step), config.batch_size)
+  def init(rng):
+    return init_model(rng), {}
 
   def predict(params, images):
     return model.apply({"params": params}, _standardize(images))
@@ -110,11 +107,11 @@ def build(config: ml_collections.ConfigDict) -> Task:
     prediction = predict(params, batch["image"])
     mask = batch["mask"]
     if config.loss == "angular":
-      value = losses.angular_loss(target, prediction, delta=config.delta, mask=mask)
+      value = losses.angular_loss(prediction, target, delta=config.delta, mask=mask)
     else:
       squared_error = jnp.sum((prediction - target) ** 2, axis=-1)
       value = jnp.sum(jnp.where(mask, squared_error, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
-    metrics = losses.orientation_metrics(target, prediction, mask=mask, axial=True)
+    metrics = losses.orientation_metrics(prediction, target, mask=mask, axial=True)
     return value, (metrics, task_state)
 
   predict_orientation = jax.jit(
@@ -135,11 +132,11 @@ def build(config: ml_collections.ConfigDict) -> Task:
   def write_figures(params, task_state, workdir):
     del task_state
     examples = jax.tree.map(lambda x: x[:4], test_set())
-    path = os.path.join(workdir, "orientation_examples.png")
-    _plot_examples(examples, predict_all(params, examples["image"]), path)
-    return [path]
+    return base.write_figure(workdir, "orientation_examples.png",
+                             functools.partial(_plot_examples, examples, predict_all(params, examples["image"])))
 
-  return Task(init=init, train_batch=train_batch, loss=loss, evaluate=evaluate, write_figures=write_figures)
+  return Task(init=init, train_batch=base.sampled_batches(sample_batch, config.batch_size), loss=loss,
+              evaluate=evaluate, write_figures=write_figures)
 
 
 def _plot_examples(examples, predicted_orientation, path: str) -> None:
@@ -154,7 +151,7 @@ def _plot_examples(examples, predicted_orientation, path: str) -> None:
   for row in range(rows):
     invalid = ~examples["mask"][row]
     panels = [
-        ("input (noise σ = %.2f)" % examples["noise_std"][row], examples["image"][row, ..., 0], "gray", None),
+        (f"input (noise σ = {examples['noise_std'][row]:.2f})", examples["image"][row, ..., 0], "gray", None),
         ("true orientation", np.ma.array(examples["orientation"][row], mask=invalid), "hsv", (0, np.pi)),
         ("predicted orientation", predicted[row], "hsv", (0, np.pi)),
         ("error (degrees)", np.ma.array(error[row], mask=invalid), "magma", (0, 30)),

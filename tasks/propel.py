@@ -20,15 +20,14 @@ the rotation-ambiguous classes.
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import losses
 from data import digits
+import losses
 from models import SmallCNN
 from tasks import base
 from tasks.base import Task
@@ -63,8 +62,9 @@ def evaluation_set(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   return jax.jit(functools.partial(_render, config))(images, labels, angles)
 
 
-def _angle_error_deg(target, vectors):
-  return jnp.degrees(losses.angular_distance(target, vectors))
+def _angle_error_deg(vectors, target):
+  """The angle in degrees between predicted and target (cos, sin) vectors."""
+  return jnp.degrees(losses.angular_distance(vectors, target))
 
 
 def build(config: ml_collections.ConfigDict) -> Task:
@@ -76,12 +76,10 @@ def build(config: ml_collections.ConfigDict) -> Task:
   model = SmallCNN(features=tuple(config.model.features), hidden=config.model.hidden, outputs=outputs)
   train_split = jax.tree.map(jnp.asarray, digits.load_split()["train"])
 
-  def init(rng):
-    images = jnp.zeros((1, config.canvas_size, config.canvas_size, 1))
-    return model.init(rng, images)["params"], {}
+  init_model = base.init_on_images(model, (config.canvas_size, config.canvas_size, 1))
 
-  def train_batch(seed, step):
-    return _sample(config, train_split, base.step_key(seed, step), config.batch_size)
+  def init(rng):
+    return init_model(rng), {}
 
   def predict(params, images):
     """`(pred (B, I, 2D) or None, means (B, I, D), log_weights (B, I) or None)`."""
@@ -106,7 +104,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
       value = -jnp.mean(losses.mixture_log_density(pred, target, log_weights=log_weights))
     else:
       value = jnp.mean(jnp.sum((means[:, 0] - target) ** 2, axis=-1))
-    metrics = {"mean_error_deg": jnp.mean(_angle_error_deg(target, point_estimate(pred, means, log_weights)))}
+    metrics = {"mean_error_deg": jnp.mean(_angle_error_deg(point_estimate(pred, means, log_weights), target))}
     return value, (metrics, task_state)
 
   @jax.jit
@@ -114,9 +112,9 @@ def build(config: ml_collections.ConfigDict) -> Task:
     target = batch["target"]
     pred, means, log_weights = predict(params, batch["image"])
     errors = {
-        "mean_error_deg": _angle_error_deg(target, point_estimate(pred, means, log_weights)),
+        "mean_error_deg": _angle_error_deg(point_estimate(pred, means, log_weights), target),
         "best_component_error_deg": jnp.min(
-            _angle_error_deg(jnp.broadcast_to(target[:, None], means.shape), means), axis=1),
+            _angle_error_deg(means, jnp.broadcast_to(target[:, None], means.shape)), axis=1),
     }
     if pred is not None:
       errors["nll"] = -losses.mixture_log_density(pred, target, log_weights=log_weights)
@@ -124,7 +122,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
       density_at_means = jax.vmap(
           lambda point: losses.mixture_log_density(pred, point, log_weights=log_weights), in_axes=1, out_axes=1)(means)
       mode = jnp.take_along_axis(means, jnp.argmax(density_at_means, axis=1)[:, None, None], axis=1)[:, 0]
-      errors["mode_error_deg"] = _angle_error_deg(target, mode)
+      errors["mode_error_deg"] = _angle_error_deg(mode, target)
     return errors
 
   @functools.cache
@@ -149,10 +147,10 @@ def build(config: ml_collections.ConfigDict) -> Task:
     chosen = np.concatenate([np.flatnonzero(labels == c)[:2] for c in (6, 9, 0, 8, 1, 4)])
     shown = jax.tree.map(lambda x: x[chosen], examples)
     pred, means, log_weights = predict(params, shown["image"])
-    path = os.path.join(workdir, "propel_mixtures.png")
-    _plot_mixtures(shown, pred, means, log_weights, path, title=_describe(config))
-    return [path]
+    return base.write_figure(workdir, "propel_mixtures.png", functools.partial(
+        _plot_mixtures, shown, pred, means, log_weights, title=_describe(config)))
 
+  train_batch = base.sampled_batches(functools.partial(_sample, config, train_split), config.batch_size)
   return Task(init=init, train_batch=train_batch, loss=loss, evaluate=evaluate, write_figures=write_figures)
 
 
@@ -160,7 +158,7 @@ def _describe(config) -> str:
   return "MSE" if config.loss == "mse" else f"{config.loss.upper()}, I = {config.num_components}"
 
 
-def _plot_mixtures(examples, pred, means, log_weights, path: str, title: str) -> None:
+def _plot_mixtures(examples, pred, means, log_weights, path: str, *, title: str) -> None:
   """Per example: the input, and the predicted density on the unit circle against the true angle."""
   plt = base.pyplot()
 
@@ -177,7 +175,8 @@ def _plot_mixtures(examples, pred, means, log_weights, path: str, title: str) ->
     true_angle = np.arctan2(*np.asarray(examples["target"][k])[::-1])
     if pred is not None:
       repeated = np.broadcast_to(np.asarray(pred[k]), (len(circle),) + pred.shape[1:])
-      weights = None if log_weights is None else np.broadcast_to(np.asarray(log_weights[k]), (len(circle),) + log_weights.shape[1:])
+      weights = None if log_weights is None else np.broadcast_to(
+          np.asarray(log_weights[k]), (len(circle),) + log_weights.shape[1:])
       density = np.exp(np.asarray(losses.mixture_log_density(repeated, points, log_weights=weights)))
       polar.fill_between(circle, 0.3, 0.3 + 0.7 * density / density.max(), color="tab:blue", alpha=0.5,
                          label="density on the unit circle (scaled)")

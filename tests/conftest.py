@@ -10,9 +10,11 @@
   properties that hold for either random stream.
 """
 
+import importlib
 import os
 
 import jax
+import pytest
 
 SETTINGS = {
     "jax_compilation_cache_dir": os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".jax_cache")),
@@ -22,3 +24,14 @@ SETTINGS = {
 }
 for name, value in SETTINGS.items():
   jax.config.update(name, value)
+
+
+def reference_package(name: str):
+  """Imports the reference package `name` for a cross-check, or skips the test where it is not installed.
+
+  With `REQUIRE_REFERENCE_PACKAGES=1` (as `.ci/run` sets after installing the `reference` extra) a missing
+  package is an error, so a cross-check never skips silently there.
+  """
+  if os.environ.get("REQUIRE_REFERENCE_PACKAGES") == "1":
+    return importlib.import_module(name)
+  return pytest.importorskip(name)

@@ -3,9 +3,10 @@
 import os
 import sys
 
-import conftest
 import jax
 import orbax.checkpoint as ocp
+
+import conftest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ORIENTATION = [sys.executable, "train.py", "--config=tests/tiny_configs.py:orientation"]

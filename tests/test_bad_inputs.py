@@ -1,11 +1,12 @@
 """Bad input to every public function: a clear error, or the documented behaviour.
 
-Each row of `CASES` calls one public function of `losses` or `models` with one
-bad argument and expects the exception type and a message that names the
-argument and what it should be (for shapes: the expected shape). Errors are
-raised at trace time, from shapes, dtypes and static options, so inside
-`jax.jit` too. The behaviours that are not errors (empty batches, ids out of
-range inside jit, traced options) are tested below the table.
+Each row of `CASES` calls one public function of `losses` with one bad
+argument and expects the exception type and a message that names the argument
+and what it should be (for shapes: the expected shape). Errors are raised at
+trace time, from shapes, dtypes and static options, so inside `jax.jit` too;
+values (label ids, object counts) are checked where the host holds them. The
+behaviours that are not errors (empty batches, ids out of range inside jit,
+traced options) are tested below the table.
 """
 
 import re
@@ -16,9 +17,6 @@ import numpy as np
 import pytest
 
 import losses
-from models import connected_components
-from models import extract_instances
-from models import normalised_coordinates
 
 
 def f32(*shape):
@@ -47,19 +45,19 @@ EMBEDDINGS = f32(1, 2, 2, 3)
 CASES = [
     # Angular losses: (..., 2) vector pairs of one shape.
     ("angular_distance/rank 0", lambda: losses.angular_distance(f32(), f32()),
-     AssertionError, says("`y_true`", "(..., 2)")),
+     AssertionError, says("`predictions`", "(..., 2)")),
     ("angular_distance/last dim 3", lambda: losses.angular_distance(f32(4, 3), f32(4, 3)),
-     AssertionError, says("`y_true`", "(4, 3)", "(..., 2)")),
+     AssertionError, says("`predictions`", "(4, 3)", "(..., 2)")),
     ("angular_distance/mismatch", lambda: losses.angular_distance(f32(4, 2), f32(4, 3)),
-     AssertionError, says("`y_true` (4, 2)", "`y_pred` (4, 3)", "(..., 2)")),
-    ("angular_distance/int y_true", lambda: losses.angular_distance(i32(4, 2), f32(4, 2)),
-     TypeError, says("`y_true`", "floating-point")),
+     AssertionError, says("`predictions` (4, 2)", "`targets` (4, 3)", "(..., 2)")),
+    ("angular_distance/int targets", lambda: losses.angular_distance(f32(4, 2), i32(4, 2)),
+     TypeError, says("`targets`", "floating-point")),
     ("angular_loss/mismatch", lambda: losses.angular_loss(f32(2, 8, 8, 2), f32(2, 8, 7, 2)),
-     AssertionError, says("`y_true` (2, 8, 8, 2)", "`y_pred` (2, 8, 7, 2)", "(..., 2)")),
-    ("angular_loss/int y_pred", lambda: losses.angular_loss(f32(3, 2), i32(3, 2)),
-     TypeError, says("`y_pred`", "floating-point")),
-    ("angular_loss/bool y_pred", lambda: losses.angular_loss(f32(3, 2), np.ones((3, 2), bool)),
-     TypeError, says("`y_pred`", "floating-point")),
+     AssertionError, says("`predictions` (2, 8, 8, 2)", "`targets` (2, 8, 7, 2)", "(..., 2)")),
+    ("angular_loss/int predictions", lambda: losses.angular_loss(i32(3, 2), f32(3, 2)),
+     TypeError, says("`predictions`", "floating-point")),
+    ("angular_loss/bool predictions", lambda: losses.angular_loss(np.ones((3, 2), bool), f32(3, 2)),
+     TypeError, says("`predictions`", "floating-point")),
     ("angular_loss/mask shape", lambda: losses.angular_loss(f32(3, 2), f32(3, 2), mask=f32(4)),
      AssertionError, says("`mask` must have shape (3,)", "got (4,)")),
     ("angular_loss/mask keeps last axis", lambda: losses.angular_loss(f32(3, 2), f32(3, 2), mask=f32(3, 2)),
@@ -79,33 +77,33 @@ CASES = [
     ("decode_orientation/int", lambda: losses.decode_orientation(i32(4, 2)),
      TypeError, says("`vectors`", "floating-point")),
     ("orientation_metrics/mismatch", lambda: losses.orientation_metrics(f32(5, 2), f32(4, 2)),
-     AssertionError, says("`y_true` (5, 2)", "`y_pred` (4, 2)", "(..., 2)")),
+     AssertionError, says("`predictions` (5, 2)", "`targets` (4, 2)", "(..., 2)")),
     ("orientation_metrics/mask shape", lambda: losses.orientation_metrics(f32(3, 2), f32(3, 2), mask=f32(3, 1)),
      AssertionError, says("`mask` must have shape (3,)", "got (3, 1)")),
-    ("orientation_metrics/int", lambda: losses.orientation_metrics(i32(3, 2), f32(3, 2)),
-     TypeError, says("`y_true`", "floating-point")),
+    ("orientation_metrics/int", lambda: losses.orientation_metrics(f32(3, 2), i32(3, 2)),
+     TypeError, says("`targets`", "floating-point")),
 
-    # PROPEL: pred (B, I, 2D) with I, D >= 1; target/point (B, D); log_weights (B, I).
-    ("propel_loss/pred rank 2", lambda: losses.propel_loss(f32(4, 3), f32(4, 2)),
-     AssertionError, says("`pred` must have shape (B, I, 2D)", "got (4, 3)")),
-    ("propel_loss/pred rank 4", lambda: losses.propel_loss(f32(4, 3, 4, 4), f32(4, 2)),
-     AssertionError, says("`pred` must have shape (B, I, 2D)", "got (4, 3, 4, 4)")),
+    # PROPEL: predictions (B, I, 2D) with I, D >= 1; targets (B, D); log_weights (B, I).
+    ("propel_loss/predictions rank 2", lambda: losses.propel_loss(f32(4, 3), f32(4, 2)),
+     AssertionError, says("`predictions` must have shape (B, I, 2D)", "got (4, 3)")),
+    ("propel_loss/predictions rank 4", lambda: losses.propel_loss(f32(4, 3, 4, 4), f32(4, 2)),
+     AssertionError, says("`predictions` must have shape (B, I, 2D)", "got (4, 3, 4, 4)")),
     ("propel_loss/odd last dim", lambda: losses.propel_loss(f32(4, 3, 5), f32(4, 2)),
-     ValueError, says("`pred` must have shape (B, I, 2D)", "got (4, 3, 5)")),
+     ValueError, says("`predictions` must have shape (B, I, 2D)", "got (4, 3, 5)")),
     ("propel_loss/empty last dim", lambda: losses.propel_loss(f32(4, 3, 0), f32(4, 0)),
-     ValueError, says("`pred` must have shape (B, I, 2D)", "D >= 1", "got (4, 3, 0)")),
+     ValueError, says("`predictions` must have shape (B, I, 2D)", "D >= 1", "got (4, 3, 0)")),
     ("propel_loss/no components", lambda: losses.propel_loss(f32(4, 0, 4), f32(4, 2)),
-     ValueError, says("`pred` must have shape (B, I, 2D)", "I >= 1", "got (4, 0, 4)")),
-    ("propel_loss/target D", lambda: losses.propel_loss(f32(4, 3, 4), f32(4, 3)),
-     AssertionError, says("`target` (4, 3)", "(B, D) = (4, 2)", "`pred` (4, 3, 4)")),
-    ("propel_loss/target B", lambda: losses.propel_loss(f32(4, 3, 4), f32(5, 2)),
-     AssertionError, says("`target` (5, 2)", "(B, D) = (4, 2)")),
-    ("propel_loss/target rank 1", lambda: losses.propel_loss(f32(4, 3, 2), f32(4)),
-     AssertionError, says("`target` (4,)", "(B, D) = (4, 1)")),
-    ("propel_loss/int pred", lambda: losses.propel_loss(i32(2, 1, 2), f32(2, 1)),
-     TypeError, says("`pred`", "floating-point")),
-    ("propel_loss/int target", lambda: losses.propel_loss(f32(2, 1, 2), i32(2, 1)),
-     TypeError, says("`target`", "floating-point")),
+     ValueError, says("`predictions` must have shape (B, I, 2D)", "I >= 1", "got (4, 0, 4)")),
+    ("propel_loss/targets D", lambda: losses.propel_loss(f32(4, 3, 4), f32(4, 3)),
+     AssertionError, says("`targets` (4, 3)", "(B, D) = (4, 2)", "`predictions` (4, 3, 4)")),
+    ("propel_loss/targets B", lambda: losses.propel_loss(f32(4, 3, 4), f32(5, 2)),
+     AssertionError, says("`targets` (5, 2)", "(B, D) = (4, 2)")),
+    ("propel_loss/targets rank 1", lambda: losses.propel_loss(f32(4, 3, 2), f32(4)),
+     AssertionError, says("`targets` (4,)", "(B, D) = (4, 1)")),
+    ("propel_loss/int predictions", lambda: losses.propel_loss(i32(2, 1, 2), f32(2, 1)),
+     TypeError, says("`predictions`", "floating-point")),
+    ("propel_loss/int targets", lambda: losses.propel_loss(f32(2, 1, 2), i32(2, 1)),
+     TypeError, says("`targets`", "floating-point")),
     ("propel_loss/sigma 0", lambda: losses.propel_loss(f32(2, 1, 2), f32(2, 1), sigma=0.0),
      ValueError, says("`sigma` must be > 0")),
     ("propel_loss/sigma nan", lambda: losses.propel_loss(f32(2, 1, 2), f32(2, 1), sigma=float("nan")),
@@ -113,30 +111,30 @@ CASES = [
     ("propel_loss/reduction", lambda: losses.propel_loss(f32(2, 1, 2), f32(2, 1), reduction="max"),
      ValueError, says("`reduction`")),
     ("split_mixture/odd last dim", lambda: losses.split_mixture(f32(2, 3, 3)),
-     ValueError, says("`pred` must have shape (B, I, 2D)", "got (2, 3, 3)")),
+     ValueError, says("`predictions` must have shape (B, I, 2D)", "got (2, 3, 3)")),
     ("split_mixture/int", lambda: losses.split_mixture(i32(2, 3, 4)),
-     TypeError, says("`pred`", "floating-point")),
+     TypeError, says("`predictions`", "floating-point")),
     ("constrain_mixture/rank", lambda: losses.constrain_mixture(f32(3, 4)),
      AssertionError, says("`raw` must have shape (B, I, 2D)", "got (3, 4)")),
     ("constrain_mixture/int", lambda: losses.constrain_mixture(i32(2, 3, 4)),
      TypeError, says("`raw`", "floating-point")),
     ("constrain_mixture/negative min_std", lambda: losses.constrain_mixture(f32(2, 3, 4), min_std=-1.0),
      ValueError, says("`min_std` must be >= 0")),
-    ("mixture_log_density/point D", lambda: losses.mixture_log_density(f32(2, 3, 4), f32(2, 3)),
-     AssertionError, says("`point` (2, 3)", "(B, D) = (2, 2)")),
+    ("mixture_log_density/targets D", lambda: losses.mixture_log_density(f32(2, 3, 4), f32(2, 3)),
+     AssertionError, says("`targets` (2, 3)", "(B, D) = (2, 2)")),
     ("mixture_log_density/log_weights", lambda: losses.mixture_log_density(f32(2, 3, 4), f32(2, 2),
                                                                            log_weights=f32(2, 2)),
      AssertionError, says("`log_weights` (2, 2)", "(B, I) = (2, 3)")),
-    ("mixture_log_density/int point", lambda: losses.mixture_log_density(f32(2, 3, 4), i32(2, 2)),
-     TypeError, says("`point`", "floating-point")),
+    ("mixture_log_density/int targets", lambda: losses.mixture_log_density(f32(2, 3, 4), i32(2, 2)),
+     TypeError, says("`targets`", "floating-point")),
     ("mixture_log_density/no components", lambda: losses.mixture_log_density(f32(2, 0, 4), f32(2, 2)),
-     ValueError, says("`pred`", "I >= 1", "got (2, 0, 4)")),
+     ValueError, says("`predictions`", "I >= 1", "got (2, 0, 4)")),
     ("mixture_mean/log_weights", lambda: losses.mixture_mean(f32(2, 3, 4), log_weights=f32(3)),
      AssertionError, says("`log_weights` (3,)", "(B, I) = (2, 3)")),
     ("mixture_mean/int log_weights", lambda: losses.mixture_mean(f32(2, 3, 4), log_weights=i32(2, 3)),
      TypeError, says("`log_weights`", "floating-point")),
     ("mixture_mean/rank", lambda: losses.mixture_mean(f32(3, 4)),
-     AssertionError, says("`pred` must have shape (B, I, 2D)", "got (3, 4)")),
+     AssertionError, says("`predictions` must have shape (B, I, 2D)", "got (3, 4)")),
     ("log_gaussian_overlap/mismatch", lambda: losses.log_gaussian_overlap(f32(3, 2), f32(3, 2), f32(4, 2), f32(4, 2)),
      ValueError, says("`mean_a` (3, 2)", "`mean_b` (4, 2)", "broadcast", "(..., D)")),
     ("log_gaussian_overlap/scalars", lambda: losses.log_gaussian_overlap(f32(), f32(), f32(), f32()),
@@ -192,46 +190,53 @@ CASES = [
     for name in ("fixed", "trainable", "uncertainty", "dwa")
 ] + [
     # Instances: integer (B, H, W) label maps, float (B, H, W, C) embeddings.
-    ("semi_conv_loss/float labels", lambda: losses.semi_conv_loss(LABELS.astype(np.float32), EMBEDDINGS,
+    ("semi_conv_loss/float labels", lambda: losses.semi_conv_loss(EMBEDDINGS, LABELS.astype(np.float32),
                                                                   max_instances=5),
      TypeError, says("`labels`", "integer", "(B, H, W)")),
-    ("semi_conv_loss/bool labels", lambda: losses.semi_conv_loss(LABELS > 0, EMBEDDINGS, max_instances=5),
+    ("semi_conv_loss/bool labels", lambda: losses.semi_conv_loss(EMBEDDINGS, LABELS > 0, max_instances=5),
      TypeError, says("`labels`", "integer", "(B, H, W)")),
-    ("semi_conv_loss/labels rank", lambda: losses.semi_conv_loss(LABELS[0], EMBEDDINGS[0], max_instances=5),
+    ("semi_conv_loss/labels rank", lambda: losses.semi_conv_loss(EMBEDDINGS[0], LABELS[0], max_instances=5),
      AssertionError, says("`labels` must have shape (B, H, W)", "got (2, 2)")),
-    ("semi_conv_loss/embeddings rank", lambda: losses.semi_conv_loss(LABELS, EMBEDDINGS[..., 0], max_instances=5),
+    ("semi_conv_loss/embeddings rank", lambda: losses.semi_conv_loss(EMBEDDINGS[..., 0], LABELS, max_instances=5),
      AssertionError, says("`embeddings` must have shape (B, H, W, C)", "`labels` (1, 2, 2)", "got (1, 2, 2)")),
-    ("semi_conv_loss/mismatch", lambda: losses.semi_conv_loss(LABELS, f32(1, 2, 3, 3), max_instances=5),
+    ("semi_conv_loss/mismatch", lambda: losses.semi_conv_loss(f32(1, 2, 3, 3), LABELS, max_instances=5),
      AssertionError, says("`embeddings` must have shape (B, H, W, C)", "`labels` (1, 2, 2)", "got (1, 2, 3, 3)")),
-    ("semi_conv_loss/no channels", lambda: losses.semi_conv_loss(LABELS, f32(1, 2, 2, 0), max_instances=5),
+    ("semi_conv_loss/no channels", lambda: losses.semi_conv_loss(f32(1, 2, 2, 0), LABELS, max_instances=5),
      ValueError, says("`embeddings` must have shape (B, H, W, C) with C >= 1", "got (1, 2, 2, 0)")),
-    ("semi_conv_loss/int embeddings", lambda: losses.semi_conv_loss(LABELS, i32(1, 2, 2, 3), max_instances=5),
+    ("semi_conv_loss/int embeddings", lambda: losses.semi_conv_loss(i32(1, 2, 2, 3), LABELS, max_instances=5),
      TypeError, says("`embeddings`", "floating-point")),
-    ("semi_conv_loss/id above max_instances", lambda: losses.semi_conv_loss(LABELS, EMBEDDINGS, max_instances=4),
+    ("semi_conv_loss/id above max_instances", lambda: losses.semi_conv_loss(EMBEDDINGS, LABELS, max_instances=4),
      ValueError, says("`labels` must hold ids in [0, 4], found [0, 5]", "`max_instances`")),
-    ("semi_conv_loss/negative id", lambda: losses.semi_conv_loss(-LABELS, EMBEDDINGS, max_instances=5),
+    ("semi_conv_loss/negative id", lambda: losses.semi_conv_loss(EMBEDDINGS, -LABELS, max_instances=5),
      ValueError, says("`labels` must hold ids in [0, 5], found [-5, 0]")),
-    ("semi_conv_loss/negative max_instances", lambda: losses.semi_conv_loss(0 * LABELS, EMBEDDINGS, max_instances=-1),
+    ("semi_conv_loss/negative max_instances", lambda: losses.semi_conv_loss(EMBEDDINGS, 0 * LABELS, max_instances=-1),
      ValueError, says("`max_instances` must be >= 0")),
-    ("semi_conv_loss/float max_instances", lambda: losses.semi_conv_loss(LABELS, EMBEDDINGS, max_instances=5.0),
+    ("semi_conv_loss/float max_instances", lambda: losses.semi_conv_loss(EMBEDDINGS, LABELS, max_instances=5.0),
      TypeError, says("`max_instances`", "int")),
-    ("semi_conv_loss/float background", lambda: losses.semi_conv_loss(LABELS, EMBEDDINGS, max_instances=5,
+    ("semi_conv_loss/float background", lambda: losses.semi_conv_loss(EMBEDDINGS, LABELS, max_instances=5,
                                                                       background=0.5),
      TypeError, says("`background`", "int")),
-    ("semi_conv_loss/reduction", lambda: losses.semi_conv_loss(LABELS, EMBEDDINGS, max_instances=5, reduction="avg"),
+    ("semi_conv_loss/reduction", lambda: losses.semi_conv_loss(EMBEDDINGS, LABELS, max_instances=5, reduction="avg"),
      ValueError, says("`reduction`")),
-    ("f2_iou_score/float labels", lambda: losses.f2_iou_score(LABELS.astype(np.float32), LABELS),
+    ("f2_iou_score/float true_labels", lambda: losses.f2_iou_score(LABELS, LABELS.astype(np.float32)),
      TypeError, says("`true_labels`", "integer", "(B, H, W)")),
-    ("f2_iou_score/rank", lambda: losses.f2_iou_score(LABELS, LABELS[0]),
+    ("f2_iou_score/float pred_labels", lambda: losses.f2_iou_score(LABELS.astype(np.float32), LABELS),
+     TypeError, says("`pred_labels`", "integer", "(B, H, W)")),
+    ("f2_iou_score/rank", lambda: losses.f2_iou_score(LABELS[0], LABELS),
      AssertionError, says("`pred_labels` must have shape (B, H, W)", "got (2, 2)")),
-    ("f2_iou_score/mismatch", lambda: losses.f2_iou_score(LABELS, i32(1, 2, 3)),
+    ("f2_iou_score/mismatch", lambda: losses.f2_iou_score(i32(1, 2, 3), LABELS),
      AssertionError, says("`pred_labels` must have shape (B, H, W)", "`true_labels` (1, 2, 2)", "got (1, 2, 3)")),
-    ("f2_iou_score/negative id", lambda: losses.f2_iou_score(LABELS, -LABELS),
+    ("f2_iou_score/negative id", lambda: losses.f2_iou_score(-LABELS, LABELS),
      ValueError, says("`pred_labels` must hold ids >= 0, found [-5, 0]")),
-    ("f2_iou_score/too many objects", lambda: losses.f2_iou_score(LABELS, LABELS, max_objects=2),
-     ValueError, says("`true_labels`", "3 objects", "`max_objects`=2")),
-    ("f2_iou_score/negative max_objects", lambda: losses.f2_iou_score(LABELS, LABELS, max_objects=-1),
-     ValueError, says("`max_objects` must be >= 0")),
+    ("f2_iou_score/negative true id", lambda: losses.f2_iou_score(LABELS, -LABELS),
+     ValueError, says("`true_labels` must hold ids >= 0, found [-5, 0]")),
+    ("f2_iou_score/too many true objects", lambda: losses.f2_iou_score(np.minimum(LABELS, 2), LABELS,
+                                                                       max_instances=2),
+     ValueError, says("`true_labels` has an image with 3 objects, more than `max_instances`=2.")),
+    ("f2_iou_score/too many predicted objects", lambda: losses.f2_iou_score(LABELS, LABELS, max_instances=2),
+     ValueError, says("`pred_labels` has an image with 3 objects, more than `max_instances`=2.")),
+    ("f2_iou_score/negative max_instances", lambda: losses.f2_iou_score(LABELS, LABELS, max_instances=-1),
+     ValueError, says("`max_instances` must be >= 0")),
     ("f2_iou_score/no thresholds", lambda: losses.f2_iou_score(LABELS, LABELS, thresholds=()),
      ValueError, says("`thresholds` must have shape (T,) with T >= 1", "got (0,)")),
     ("f2_iou_score/threshold below 0.5", lambda: losses.f2_iou_score(LABELS, LABELS, thresholds=(0.3, 0.5)),
@@ -239,42 +244,49 @@ CASES = [
     ("f2_iou_score/reduction", lambda: losses.f2_iou_score(LABELS, LABELS, reduction="max"),
      ValueError, says("`reduction`")),
 
-    # models: extraction and connected components.
-    ("extract_instances/foreground rank", lambda: extract_instances(f32(2, 2), EMBEDDINGS, max_instances=3,
-                                                                    distance=1.0),
+    # The semi-convolutional operator, extraction and connected components.
+    ("semi_convolution/one channel", lambda: losses.semi_convolution(f32(1, 2, 2, 1)),
+     ValueError, says("`embeddings` must have shape (B, H, W, C) with C >= 2", "got (1, 2, 2, 1)")),
+    ("semi_convolution/rank", lambda: losses.semi_convolution(f32(2, 2, 2)),
+     AssertionError, says("`embeddings` must have shape (B, H, W, C) with C >= 2", "got (2, 2, 2)")),
+    ("semi_convolution/int embeddings", lambda: losses.semi_convolution(i32(1, 2, 2, 2)),
+     TypeError, says("`embeddings`", "floating-point")),
+    ("semi_convolution/scale not a scalar", lambda: losses.semi_convolution(f32(1, 2, 2, 2), scale=f32(2)),
+     TypeError, says("`scale`", "scalar")),
+    ("extract_instances/foreground rank", lambda: losses.extract_instances(f32(2, 2), EMBEDDINGS, max_instances=3,
+                                                                           distance=1.0),
      AssertionError, says("`foreground` must have shape (B, H, W)", "got (2, 2)")),
-    ("extract_instances/int foreground", lambda: extract_instances(i32(1, 2, 2), EMBEDDINGS, max_instances=3,
-                                                                   distance=1.0),
+    ("extract_instances/int foreground", lambda: losses.extract_instances(i32(1, 2, 2), EMBEDDINGS, max_instances=3,
+                                                                          distance=1.0),
      TypeError, says("`foreground`", "floating-point")),
-    ("extract_instances/embeddings rank", lambda: extract_instances(f32(1, 2, 2), f32(1, 2, 2), max_instances=3,
-                                                                    distance=1.0),
+    ("extract_instances/embeddings rank", lambda: losses.extract_instances(f32(1, 2, 2), f32(1, 2, 2),
+                                                                           max_instances=3, distance=1.0),
      AssertionError, says("`embeddings` must have shape (B, H, W, C)", "`foreground` (1, 2, 2)", "got (1, 2, 2)")),
-    ("extract_instances/mismatch", lambda: extract_instances(f32(1, 2, 3), EMBEDDINGS, max_instances=3,
-                                                             distance=1.0),
+    ("extract_instances/mismatch", lambda: losses.extract_instances(f32(1, 2, 3), EMBEDDINGS, max_instances=3,
+                                                                    distance=1.0),
      AssertionError, says("`embeddings` must have shape (B, H, W, C)", "`foreground` (1, 2, 3)", "got (1, 2, 2, 3)")),
-    ("extract_instances/no channels", lambda: extract_instances(f32(1, 2, 2), f32(1, 2, 2, 0), max_instances=3,
-                                                                distance=1.0),
+    ("extract_instances/no channels", lambda: losses.extract_instances(f32(1, 2, 2), f32(1, 2, 2, 0),
+                                                                       max_instances=3, distance=1.0),
      ValueError, says("`embeddings`", "C >= 1", "got (1, 2, 2, 0)")),
-    ("extract_instances/max_instances", lambda: extract_instances(f32(1, 2, 2), EMBEDDINGS, max_instances=-1,
-                                                                  distance=1.0),
+    ("extract_instances/max_instances", lambda: losses.extract_instances(f32(1, 2, 2), EMBEDDINGS, max_instances=-1,
+                                                                         distance=1.0),
      ValueError, says("`max_instances` must be >= 0")),
-    ("extract_instances/distance", lambda: extract_instances(f32(1, 2, 2), EMBEDDINGS, max_instances=3,
-                                                             distance=-1.0),
+    ("extract_instances/distance", lambda: losses.extract_instances(f32(1, 2, 2), EMBEDDINGS, max_instances=3,
+                                                                    distance=-1.0),
      ValueError, says("`distance` must be >= 0")),
-    ("connected_components/rank", lambda: connected_components(np.ones((4, 4), bool)),
+    ("connected_components/rank", lambda: losses.connected_components(np.ones((4, 4), bool)),
      AssertionError, says("`mask` must have shape (B, H, W)", "got (4, 4)")),
-    ("connected_components/float mask", lambda: connected_components(f32(1, 4, 4)),
+    ("connected_components/float mask", lambda: losses.connected_components(f32(1, 4, 4)),
      TypeError, says("`mask` must be a boolean (B, H, W)", "float32")),
-    ("connected_components/int mask", lambda: connected_components(i32(1, 4, 4)),
+    ("connected_components/int mask", lambda: losses.connected_components(i32(1, 4, 4)),
      TypeError, says("`mask` must be a boolean (B, H, W)", "int32")),
-    ("normalised_coordinates/negative", lambda: normalised_coordinates(-1, 3),
+    ("pixel_coordinates/negative", lambda: losses.pixel_coordinates(-1, 3),
      ValueError, says("`height` must be >= 0")),
-    ("normalised_coordinates/float", lambda: normalised_coordinates(4, 2.5),
+    ("pixel_coordinates/float", lambda: losses.pixel_coordinates(4, 2.5),
      TypeError, says("`width`", "int")),
 ]
 
-PUBLIC = sorted(set(losses.__all__) - {"LossWeighting"}) + [
-    "extract_instances", "connected_components", "normalised_coordinates"]
+PUBLIC = sorted(set(losses.__all__) - {"LossWeighting"})
 
 
 def test_every_public_function_has_bad_input_cases():
@@ -291,17 +303,19 @@ def test_bad_input_is_a_clear_error(call, exception, message):
 # The same errors at trace time inside jit, before anything is compiled.
 JITTED_CASES = [
     ("angular_loss", lambda: jax.jit(losses.angular_loss)(f32(4, 2), f32(4, 3)),
-     AssertionError, says("`y_true` (4, 2)", "`y_pred` (4, 3)", "(..., 2)")),
+     AssertionError, says("`predictions` (4, 2)", "`targets` (4, 3)", "(..., 2)")),
     ("propel_loss", lambda: jax.jit(losses.propel_loss)(f32(4, 3, 4), f32(4, 3)),
-     AssertionError, says("`target` (4, 3)", "(B, D) = (4, 2)")),
-    ("semi_conv_loss", lambda: jax.jit(lambda l, e: losses.semi_conv_loss(l, e, max_instances=5))(LABELS, f32(1, 2, 2)),
+     AssertionError, says("`targets` (4, 3)", "(B, D) = (4, 2)")),
+    ("semi_conv_loss", lambda: jax.jit(lambda e, l: losses.semi_conv_loss(e, l, max_instances=5))(f32(1, 2, 2), LABELS),
      AssertionError, says("`embeddings` must have shape (B, H, W, C)")),
-    ("f2_iou_score", lambda: jax.jit(losses.f2_iou_score)(LABELS, LABELS.astype(np.float32)),
+    ("f2_iou_score", lambda: jax.jit(losses.f2_iou_score)(LABELS.astype(np.float32), LABELS),
      TypeError, says("`pred_labels`", "integer")),
     ("trainable_alpha_loss", lambda: jax.jit(losses.trainable_alpha_loss)(f32(2), 1.0, 1.0),
      AssertionError, says("`alpha` must have shape ()")),
-    ("extract_instances", lambda: jax.jit(lambda f, e: extract_instances(f, e, max_instances=2, distance=1.0))(
+    ("extract_instances", lambda: jax.jit(lambda f, e: losses.extract_instances(f, e, max_instances=2, distance=1.0))(
         f32(1, 2, 3), EMBEDDINGS), AssertionError, says("`embeddings`", "`foreground` (1, 2, 3)")),
+    ("semi_convolution", lambda: jax.jit(losses.semi_convolution)(f32(1, 2, 2, 1)),
+     ValueError, says("`embeddings` must have shape (B, H, W, C) with C >= 2", "got (1, 2, 2, 1)")),
 ]
 
 
@@ -317,8 +331,8 @@ def test_bad_input_is_a_clear_error_inside_jit(call, exception, message):
 
 @jax.jit
 def _empty_angular(empty, y):
-  value, gradient = jax.value_and_grad(losses.angular_loss, argnums=1)(empty, empty)
-  masked, masked_gradient = jax.value_and_grad(losses.angular_loss, argnums=1)(y, -y, mask=jnp.zeros(3, bool))
+  value, gradient = jax.value_and_grad(losses.angular_loss)(empty, empty)
+  masked, masked_gradient = jax.value_and_grad(losses.angular_loss)(-y, y, mask=jnp.zeros(3, bool))
   return dict(value=value, gradient=gradient, sum=losses.angular_loss(empty, empty, reduction="sum"),
               none=losses.angular_loss(empty, empty, reduction="none"), masked=masked,
               masked_gradient=masked_gradient, metrics=losses.orientation_metrics(empty, empty),
@@ -354,12 +368,13 @@ def test_empty_batches_propel():
 @jax.jit
 def _empty_instances(labels, embeddings):
   value, gradient = jax.value_and_grad(
-      lambda e: losses.semi_conv_loss(labels, e, max_instances=3))(embeddings)
+      lambda e: losses.semi_conv_loss(e, labels, max_instances=3))(embeddings)
   return dict(value=value, gradient=gradient,
-              none=losses.semi_conv_loss(labels, embeddings, max_instances=3, reduction="none"),
+              none=losses.semi_conv_loss(embeddings, labels, max_instances=3, reduction="none"),
               f2=losses.f2_iou_score(labels, labels), f2_none=losses.f2_iou_score(labels, labels, reduction="none"),
-              extracted=extract_instances(embeddings[..., 0], embeddings, max_instances=3, distance=1.0),
-              components=connected_components(labels == 0))
+              extracted=losses.extract_instances(embeddings[..., 0], embeddings, max_instances=3, distance=1.0),
+              components=losses.connected_components(labels == 0),
+              semi_convolution=losses.semi_convolution(embeddings, scale=2.0))
 
 
 @pytest.mark.parametrize("shape", [(0, 4, 4), (2, 0, 4)], ids=["no images", "images without pixels"])
@@ -372,11 +387,12 @@ def test_empty_batches_and_images_instances(shape):
   assert out["f2"] == (0.0 if shape[0] == 0 else 1.0)
   assert out["extracted"].shape == shape and out["extracted"].dtype == jnp.int32
   assert out["components"].shape == shape
-  assert normalised_coordinates(*shape[1:]).shape == shape[1:] + (2,)
+  assert out["semi_convolution"].shape == shape + (2,)
+  assert losses.pixel_coordinates(*shape[1:]).shape == shape[1:] + (2,)
 
 
 def test_empty_label_maps_pass_the_value_checks_outside_jit():
-  """The id checks that run outside jit skip empty label maps instead of reducing over nothing."""
+  """The id checks that run where the host holds the ids skip empty label maps instead of reducing over nothing."""
   from losses import _common
   for shape in ((0, 4, 4), (2, 0, 4)):
     assert _common.check_labels(np.zeros(shape, np.int32), "labels", 3).shape == shape
@@ -403,7 +419,7 @@ def test_zero_vectors_read_as_angle_zero_in_every_quadrant():
 
 @jax.jit
 def _semi_conv_jitted(labels, embeddings):
-  loss = lambda e: losses.semi_conv_loss(labels, e, max_instances=4, reduction="none")
+  loss = lambda e: losses.semi_conv_loss(e, labels, max_instances=4, reduction="none")
   return loss(embeddings), jax.grad(lambda e: jnp.sum(loss(e)))(embeddings)
 
 
@@ -419,16 +435,25 @@ def test_out_of_range_ids_inside_jit_semi_conv_are_ignored_like_background():
   assert not gradient[in_range == 0].any()
 
 
+def test_value_checks_run_where_the_host_holds_the_ids():
+  """NumPy arrays, Python lists and CPU arrays outside jit are checked; traced ids are not (the jitted tests nearby)."""
+  for held_by_host in (LABELS, LABELS.tolist(), jax.device_put(LABELS, jax.devices("cpu")[0])):
+    with pytest.raises(ValueError, match=says("`labels` must hold ids in [0, 4], found [0, 5]")):
+      losses.semi_conv_loss(EMBEDDINGS, held_by_host, max_instances=4)
+    with pytest.raises(ValueError, match=says("`true_labels` has an image with 3 objects")):
+      losses.f2_iou_score(np.minimum(LABELS, 2), held_by_host, max_instances=2)
+
+
 def test_negative_ids_inside_jit_f2_are_background():
   rng = np.random.default_rng(1)
   truth = np.kron(rng.integers(0, 4, (3, 4, 4)), np.ones((2, 2), np.int64)).astype(np.int32)
   negative = -rng.integers(1, 4, truth.shape).astype(np.int32)
   prediction = np.where(rng.random(truth.shape) < 0.2, negative, truth)
-  jitted = jax.jit(lambda t, p: losses.f2_iou_score(t, p, reduction="none"))
-  expected = jitted(truth, np.maximum(prediction, 0))
+  jitted = jax.jit(lambda p, t: losses.f2_iou_score(p, t, reduction="none"))
+  expected = jitted(np.maximum(prediction, 0), truth)
   assert ((expected > 0) & (expected < 1)).any()  # Partly right: the ids matter.
-  np.testing.assert_array_equal(jitted(truth, prediction), expected)
-  np.testing.assert_array_equal(jitted(prediction, truth), jitted(np.maximum(prediction, 0), truth))
+  np.testing.assert_array_equal(jitted(prediction, truth), expected)
+  np.testing.assert_array_equal(jitted(truth, prediction), jitted(truth, np.maximum(prediction, 0)))
 
 
 def test_traced_options_that_shape_the_formula_are_type_errors():

@@ -10,9 +10,9 @@ import jax
 import numpy as np
 
 import runs
+from tasks.base import read_metrics
 import tiny_configs
 import train
-from tasks.base import read_metrics
 
 
 def test_eight_devices_give_the_parameters_of_one_for_every_experiment():

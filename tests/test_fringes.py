@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import losses
 from data import fringes
+import losses
 from models import structure_tensor_orientation
 
 
@@ -55,9 +55,9 @@ def test_samples_are_deterministic_and_well_formed():
   jax.tree.map(np.testing.assert_array_equal, first, second)
   assert first["image"].shape == (8, 64, 64, 1) and first["image"].dtype == jnp.float32
   assert first["orientation"].shape == first["mask"].shape == (8, 64, 64)
-  assert 0 <= first["orientation"].min() and first["orientation"].max() < np.pi
+  assert first["orientation"].min() >= 0 and first["orientation"].max() < np.pi
   assert 0.5 < first["mask"].mean() <= 1.0
-  assert 0 <= first["noise_std"].min() and first["noise_std"].max() <= 1.0
+  assert first["noise_std"].min() >= 0 and first["noise_std"].max() <= 1.0
 
 
 def test_structure_tensor_recovers_a_clean_plane_wave():
@@ -66,6 +66,6 @@ def test_structure_tensor_recovers_a_clean_plane_wave():
         plane_wave(angle, period=8.0), height=48, width=48, min_period=2.5, max_period=40.0)
     estimate = structure_tensor_orientation(image[None], gradient_sigma=1.0, integration_sigma=3.0)[0]
     error = losses.orientation_metrics(
-        losses.encode_orientation(orientation[8:-8, 8:-8], axial=True),
-        losses.encode_orientation(estimate[8:-8, 8:-8], axial=True), axial=True)
+        losses.encode_orientation(estimate[8:-8, 8:-8], axial=True),
+        losses.encode_orientation(orientation[8:-8, 8:-8], axial=True), axial=True)
     assert error["mean_abs_error_deg"] < 1.0, (angle, error)

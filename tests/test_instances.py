@@ -5,11 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import losses
 from data import ships
+import losses
 from models import SemiConvolution
-from models import connected_components
-from models import extract_instances
 
 
 def reference_semi_conv_loss(labels, embeddings, background=0):
@@ -50,49 +48,51 @@ def test_loss_matches_float64_loop_and_one_hot_forms(seed):
   labels = labels.at[0].set(0)  # An empty image.
   labels = labels.at[1].set(jnp.where(labels[1] == 5, 2, labels[1]))  # A missing id (5) in image 1.
   expected = reference_semi_conv_loss(labels, embeddings)
-  actual = losses.semi_conv_loss(labels, embeddings, max_instances=5, reduction="none")
+  actual = losses.semi_conv_loss(embeddings, labels, max_instances=5, reduction="none")
   np.testing.assert_allclose(actual, expected, rtol=1e-5)
   np.testing.assert_allclose(actual, one_hot_semi_conv_loss(labels, embeddings, 5), rtol=1e-5)
-  np.testing.assert_allclose(losses.semi_conv_loss(labels, embeddings, max_instances=5), expected.mean(), rtol=1e-5)
+  np.testing.assert_allclose(losses.semi_conv_loss(embeddings, labels, max_instances=5), expected.mean(), rtol=1e-5)
   assert actual[0] == 0.0
 
 
 def test_background_gets_zero_gradient_and_coincident_pixels_no_nan():
   labels, embeddings = random_instances(7)
-  gradient = jax.grad(lambda e: losses.semi_conv_loss(labels, e, max_instances=5))(embeddings)
+  gradient = jax.grad(lambda e: losses.semi_conv_loss(e, labels, max_instances=5))(embeddings)
   assert (gradient[labels == 0] == 0).all()
   assert (jnp.abs(gradient[labels != 0]).sum(axis=-1) > 0).all()
   coincident = jnp.where((labels == 3)[..., None], 1.5, embeddings)
-  value, gradient = jax.value_and_grad(lambda e: losses.semi_conv_loss(labels, e, max_instances=5))(coincident)
+  value, gradient = jax.value_and_grad(lambda e: losses.semi_conv_loss(e, labels, max_instances=5))(coincident)
   assert np.isfinite(value) and np.isfinite(gradient).all()
 
 
 def test_background_id_and_relabelling():
   labels, embeddings = random_instances(8)
-  expected = losses.semi_conv_loss(labels, embeddings, max_instances=5, reduction="none")
+  expected = losses.semi_conv_loss(embeddings, labels, max_instances=5, reduction="none")
   permutation = jnp.array([0, 4, 1, 5, 2, 3])
   np.testing.assert_allclose(
-      losses.semi_conv_loss(permutation[labels], embeddings, max_instances=5, reduction="none"), expected, rtol=1e-5)
+      losses.semi_conv_loss(embeddings, permutation[labels], max_instances=5, reduction="none"), expected, rtol=1e-5)
   # Background 2 instead of 0: id 0 becomes an instance and id 2 is excluded.
   swapped = jnp.array([2, 1, 0, 3, 4, 5])[labels]
   np.testing.assert_allclose(
-      losses.semi_conv_loss(swapped, embeddings, max_instances=5, background=2, reduction="none"), expected,
+      losses.semi_conv_loss(embeddings, swapped, max_instances=5, background=2, reduction="none"), expected,
       rtol=1e-5)
 
 
 def test_bad_inputs_are_clear_errors():
   labels, embeddings = random_instances(9)
-  with pytest.raises(ValueError, match=r"`labels` must hold ids in \[0, 4\]"):
-    losses.semi_conv_loss(labels, embeddings, max_instances=4)
+  # The ids are checked where the host holds them: NumPy arrays, and CPU arrays outside jit.
+  for held_by_host in (np.asarray(labels), jax.device_put(labels, jax.devices("cpu")[0])):
+    with pytest.raises(ValueError, match=r"`labels` must hold ids in \[0, 4\]"):
+      losses.semi_conv_loss(embeddings, held_by_host, max_instances=4)
   with pytest.raises(TypeError, match="labels"):
-    losses.semi_conv_loss(labels.astype(jnp.float32), embeddings, max_instances=5)
+    losses.semi_conv_loss(embeddings, labels.astype(jnp.float32), max_instances=5)
   with pytest.raises(AssertionError, match="share"):
-    losses.semi_conv_loss(labels[:, :-1], embeddings, max_instances=5)
+    losses.semi_conv_loss(embeddings, labels[:, :-1], max_instances=5)
   with pytest.raises(AssertionError, match="embeddings"):
-    losses.semi_conv_loss(labels, embeddings[..., 0], max_instances=5)
+    losses.semi_conv_loss(embeddings[..., 0], labels, max_instances=5)
   # Inside jit out-of-range ids cannot be checked and are ignored like background.
-  jitted = jax.jit(lambda l, e: losses.semi_conv_loss(l, e, max_instances=4, reduction="none"))
-  np.testing.assert_allclose(jitted(labels, embeddings),
+  jitted = jax.jit(lambda e, l: losses.semi_conv_loss(e, l, max_instances=4, reduction="none"))
+  np.testing.assert_allclose(jitted(embeddings, labels),
                              reference_semi_conv_loss(jnp.where(labels == 5, 0, labels), embeddings), rtol=1e-5)
 
 
@@ -141,25 +141,25 @@ def random_scenes(seed, batch=8, size=24):
 def test_f2_matches_the_per_image_reference(seed):
   truth, prediction = random_scenes(seed)
   expected = reference_f2(truth, prediction)
-  actual = losses.f2_iou_score(truth, prediction, reduction="none")
+  actual = losses.f2_iou_score(prediction, truth, reduction="none")
   np.testing.assert_allclose(actual, expected, rtol=1e-6)
   assert actual[0] == 1.0 and actual[1] == 0.0 and actual[2] == 0.0
-  np.testing.assert_allclose(losses.f2_iou_score(truth, prediction), expected.mean(), rtol=1e-6)
-  np.testing.assert_allclose(jax.jit(losses.f2_iou_score)(truth, prediction), expected.mean(), rtol=1e-6)
+  np.testing.assert_allclose(losses.f2_iou_score(prediction, truth), expected.mean(), rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(losses.f2_iou_score)(prediction, truth), expected.mean(), rtol=1e-6)
   np.testing.assert_allclose(losses.f2_iou_score(truth, truth, reduction="none"), 1.0)
 
 
 def test_f2_is_invariant_to_relabelling_and_checks_inputs():
   truth, prediction = random_scenes(5)
-  expected = losses.f2_iou_score(truth, prediction, reduction="none")
+  expected = losses.f2_iou_score(prediction, truth, reduction="none")
   relabelled = np.where(prediction > 0, 10 ** 6 - prediction, 0)
-  np.testing.assert_allclose(losses.f2_iou_score(truth, relabelled, reduction="none"), expected, rtol=1e-6)
-  with pytest.raises(ValueError, match="max_objects"):
-    losses.f2_iou_score(truth, prediction, max_objects=1)
+  np.testing.assert_allclose(losses.f2_iou_score(relabelled, truth, reduction="none"), expected, rtol=1e-6)
+  with pytest.raises(ValueError, match="max_instances"):
+    losses.f2_iou_score(prediction, truth, max_instances=1)
   with pytest.raises(ValueError, match="pred_labels"):
-    losses.f2_iou_score(truth, -prediction)
+    losses.f2_iou_score(-prediction, truth)
   with pytest.raises(AssertionError, match="same shape"):
-    losses.f2_iou_score(truth, prediction[:, :-1])
+    losses.f2_iou_score(prediction[:, :-1], truth)
 
 
 def test_extraction_recovers_well_separated_instances_exactly():
@@ -170,8 +170,8 @@ def test_extraction_recovers_well_separated_instances_exactly():
   rng = np.random.default_rng(0)
   embeddings = centres[truth] + rng.normal(0, 0.3, truth.shape + (2,)).astype(np.float32)
   foreground = np.where(truth > 0, 0.9, 0.1) + rng.uniform(-0.05, 0.05, truth.shape)
-  labels = extract_instances(jnp.asarray(foreground), jnp.asarray(embeddings), max_instances=5, distance=2.0)
-  np.testing.assert_array_equal(losses.f2_iou_score(truth, labels, reduction="none"), 1.0)
+  labels = losses.extract_instances(jnp.asarray(foreground), jnp.asarray(embeddings), max_instances=5, distance=2.0)
+  np.testing.assert_array_equal(losses.f2_iou_score(labels, truth, reduction="none"), 1.0)
   np.testing.assert_array_equal(labels == 0, truth == 0)
 
 
@@ -180,7 +180,7 @@ def test_connected_components_merge_touching_objects():
   mask[0, 1:3, 1:7] = mask[0, 3:5, 1:7] = True  # Two touching bars: one component.
   mask[0, 6:8, 0:2] = True
   mask[0, 7, 7] = True
-  labels = np.asarray(connected_components(jnp.asarray(mask)))
+  labels = np.asarray(losses.connected_components(jnp.asarray(mask)))
   assert len(np.unique(labels[mask])) == 3 and (labels[~mask] == 0).all()
   assert len(np.unique(labels[0, 1:5, 1:7])) == 1
 
@@ -190,11 +190,13 @@ def test_semi_convolution_adds_coordinates_and_scenes_are_consistent():
   np.testing.assert_allclose(psi[0, 0, :, 0], 4.0 * np.linspace(-1, 1, 5))
   np.testing.assert_allclose(psi[0, :, 0, 1], 4.0 * np.linspace(-1, 1, 3))
   np.testing.assert_array_equal(psi[..., 2], 0.0)
+  np.testing.assert_array_equal(losses.semi_convolution(jnp.zeros((1, 3, 5, 3)), scale=4.0), psi)
+  np.testing.assert_array_equal(losses.pixel_coordinates(3, 5), psi[0, :, :, :2] / 4.0)
   scenes = jax.jit(jax.vmap(ships.sample_scene))(jax.random.split(jax.random.key(0), 16))
   assert scenes["image"].shape == (16, 64, 64, 1) and scenes["labels"].shape == (16, 64, 64)
   assert scenes["labels"].max() <= 6 and scenes["touching"].any() and not scenes["touching"].all()
   # Touching scenes really touch: connected components see fewer objects than there are ships.
-  components = connected_components(scenes["labels"] > 0)
+  components = losses.connected_components(scenes["labels"] > 0)
   for touching, truth, merged in zip(scenes["touching"], scenes["labels"], components):
     if touching:
       assert len(np.unique(merged[merged > 0])) < len(np.unique(truth[truth > 0]))

@@ -4,11 +4,12 @@ import itertools
 import math
 
 import jax
-from jax.test_util import check_grads
 import jax.numpy as jnp
+from jax.test_util import check_grads
 import numpy as np
 import pytest
 
+from conftest import reference_package
 import losses
 
 
@@ -198,15 +199,15 @@ def test_jit_vmap_and_eager_agree():
   np.testing.assert_allclose(vmapped, eager, rtol=1e-6)
 
 
-@pytest.mark.parametrize("pred_shape, target_shape, message", [
+@pytest.mark.parametrize("predictions_shape, targets_shape, message", [
     ((4, 3, 5), (4, 2), "2D"),
     ((4, 3), (4, 2), "(B, I, 2D)"),
-    ((4, 3, 4), (4, 3), "target"),
-    ((4, 3, 4), (5, 2), "target"),
+    ((4, 3, 4), (4, 3), "`targets`"),
+    ((4, 3, 4), (5, 2), "`targets`"),
 ])
-def test_bad_shapes_name_the_argument(pred_shape, target_shape, message):
+def test_bad_shapes_name_the_argument(predictions_shape, targets_shape, message):
   with pytest.raises((AssertionError, ValueError), match=message.replace("(", r"\(").replace(")", r"\)")):
-    losses.propel_loss(jnp.ones(pred_shape), jnp.ones(target_shape))
+    losses.propel_loss(jnp.ones(predictions_shape), jnp.ones(targets_shape))
 
 
 def test_bad_options_and_dtypes():
@@ -215,13 +216,16 @@ def test_bad_options_and_dtypes():
     losses.propel_loss(pred, target, sigma=0.0)
   with pytest.raises(ValueError, match="reduction"):
     losses.propel_loss(pred, target, reduction="max")
-  with pytest.raises(TypeError, match="target"):
+  with pytest.raises(TypeError, match="`targets`"):
     losses.propel_loss(pred, jnp.ones((2, 1), jnp.int32))
+  with pytest.raises(TypeError, match="`predictions`"):
+    losses.propel_loss(jnp.ones((2, 1, 2), jnp.int32), target)
 
 
+@pytest.mark.reference
 def test_matches_torchpropel():
-  torch = pytest.importorskip("torch")
-  torchpropel = pytest.importorskip("torchpropel")
+  torch = reference_package("torch")
+  torchpropel = reference_package("torchpropel")
   torch.set_default_dtype(torch.float64)
   with jax.enable_x64(True):
     for dims in (1, 3):

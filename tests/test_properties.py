@@ -73,14 +73,14 @@ def all_finite(tree) -> bool:
 # unchanged when both inputs are rotated by one angle and each vector is scaled by its own positive factor.
 
 @functools.partial(jax.jit, static_argnums=5)  # δ is static: it selects the formula.
-def angular_case(y_true, y_pred, angle, scale_true, scale_pred, delta):
+def angular_case(predictions, targets, angle, scale_pred, scale_true, delta):
   rotation = jnp.array([[jnp.cos(angle), -jnp.sin(angle)], [jnp.sin(angle), jnp.cos(angle)]])
-  moved_true = scale_true[..., None] * (y_true @ rotation.T)
-  moved_pred = scale_pred[..., None] * (y_pred @ rotation.T)
+  moved_pred = scale_pred[..., None] * (predictions @ rotation.T)
+  moved_true = scale_true[..., None] * (targets @ rotation.T)
   # (as given, rotated and rescaled, swapped).
-  values = losses.angular_loss(jnp.stack([y_true, moved_true, y_pred]), jnp.stack([y_pred, moved_pred, y_true]),
-                               delta=delta, reduction="none")
-  gradients = jax.grad(lambda t, p: losses.angular_loss(t, p, delta=delta), argnums=(0, 1))(y_true, y_pred)
+  values = losses.angular_loss(jnp.stack([predictions, moved_pred, targets]),
+                               jnp.stack([targets, moved_true, predictions]), delta=delta, reduction="none")
+  gradients = jax.grad(lambda p, t: losses.angular_loss(p, t, delta=delta), argnums=(0, 1))(predictions, targets)
   return *values, gradients
 
 
@@ -92,16 +92,19 @@ def vector_pairs(draw):
   offset = draw(array(shape, st.sampled_from([0.0, math.pi]) | floats(-math.pi, math.pi)))
   length_true = draw(array(shape, st.just(0.0) | floats(1e-3, 1e3)))
   length_pred = draw(array(shape, st.just(0.0) | floats(1e-3, 1e3)))
-  y_true = length_true[..., None] * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
-  y_pred = length_pred[..., None] * np.stack([np.cos(angle + offset), np.sin(angle + offset)], axis=-1)
-  return y_true, y_pred, draw(array(shape, floats(1e-3, 1e3))), draw(array(shape, floats(1e-3, 1e3)))
+  targets = length_true[..., None] * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
+  predictions = length_pred[..., None] * np.stack([np.cos(angle + offset), np.sin(angle + offset)], axis=-1)
+  scale_true = draw(array(shape, floats(1e-3, 1e3)))
+  scale_pred = draw(array(shape, floats(1e-3, 1e3)))
+  return predictions, targets, scale_pred, scale_true
 
 
 @PROPERTY
 @given(vector_pairs(), floats(-10.0, 10.0), st.sampled_from([0.0, 0.2, 0.5, 1.0, 2.0]))
 def test_angular_loss_sign_gradients_and_rotation_invariance(pair, angle, delta):
-  y_true, y_pred, scale_true, scale_pred = pair
-  base, moved, swapped, gradients = in_float64(angular_case, y_true, y_pred, angle, scale_true, scale_pred, delta)
+  predictions, targets, scale_pred, scale_true = pair
+  base, moved, swapped, gradients = in_float64(angular_case, predictions, targets, angle, scale_pred, scale_true,
+                                               delta)
   assert base.dtype == np.float64
   assert (base >= 0).all() and (base <= math.pi ** (1 + delta) + 1e-12).all()
   assert all_finite(gradients)
@@ -157,10 +160,10 @@ MAX_INSTANCES = 4
 def semi_conv_case(labels, embeddings, relabel, shift):
   # (as given, ids permuted, embeddings translated).
   values = losses.semi_conv_loss(
-      jnp.concatenate([labels, relabel[labels], labels]),
       jnp.concatenate([embeddings, embeddings, embeddings + shift]),
+      jnp.concatenate([labels, relabel[labels], labels]),
       max_instances=MAX_INSTANCES, reduction="none").reshape(3, -1)
-  gradient = jax.grad(lambda e: losses.semi_conv_loss(labels, e, max_instances=MAX_INSTANCES))(embeddings)
+  gradient = jax.grad(lambda e: losses.semi_conv_loss(e, labels, max_instances=MAX_INSTANCES))(embeddings)
   return *values, gradient
 
 
@@ -196,8 +199,8 @@ MAX_IDS = 5
 @jax.jit
 def f2_case(truth, prediction, relabel_true, relabel_pred):
   # (as given, true ids relabelled, predicted ids relabelled, perfect prediction).
-  scores = losses.f2_iou_score(jnp.concatenate([truth, relabel_true[truth], truth, truth]),
-                               jnp.concatenate([prediction, prediction, relabel_pred[prediction], truth]),
+  scores = losses.f2_iou_score(jnp.concatenate([prediction, prediction, relabel_pred[prediction], truth]),
+                               jnp.concatenate([truth, relabel_true[truth], truth, truth]),
                                reduction="none")
   return scores.reshape(4, -1)
 

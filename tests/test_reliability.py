@@ -15,9 +15,9 @@ import pytest
 
 import runs
 import tasks
+from tasks.base import read_metrics
 import tiny_configs
 import train
-from tasks.base import read_metrics
 
 COMMAND = runs.TINY_ORIENTATION
 
@@ -120,7 +120,8 @@ def poisoned_task(monkeypatch, bad_step):
 
 def test_a_non_finite_step_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
   poisoned_task(monkeypatch, bad_step=2)
-  with pytest.raises(train.NonFiniteError, match=r"Step 3 produced non-finite grad_norm, loss, .*gradients of 10 of 10 .*\(step 2\)"):
+  expected = r"Step 3 produced non-finite goe, grad_norm, loss, .*gradients of 10 of 10 .*\(step 2\)"
+  with pytest.raises(train.NonFiniteError, match=expected):
     train.train_and_evaluate(tiny_configs.get_config("orientation"), str(tmp_path))
   with open(tmp_path / "nonfinite_step_3.json", encoding="utf-8") as f:
     report = json.load(f)

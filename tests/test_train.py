@@ -7,14 +7,14 @@ import jax
 import numpy as np
 import pytest
 
-import tasks
-import tiny_configs
-import train
+from configs import instances
 from configs import multitask
 from configs import orientation
-from configs import instances
 from configs import propel
+import tasks
 from tasks.base import read_metrics
+import tiny_configs
+import train
 
 
 def tiny_config(experiment="orientation", **overrides):
@@ -34,9 +34,14 @@ def test_training_writes_its_outputs_and_follows_the_seed(tmp_path):
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "seed0"))
   assert sorted(os.listdir(tmp_path / "seed0" / "checkpoints")) == ["2", "4"]
 
-  train.train_and_evaluate(tiny_config(num_train_steps=2, seed=1), str(tmp_path / "seed1"))
+  profile = {"start_step": 2, "num_steps": 1}
+  train.train_and_evaluate(tiny_config(num_train_steps=2, seed=1, profile=profile), str(tmp_path / "seed1"))
   loss_at = lambda workdir: [r["loss"] for r in read_metrics(workdir, "train")]
   assert loss_at(tmp_path / "seed1") != loss_at(tmp_path / "seed0")[:2]
+  # The profiler trace of step 2, where TensorBoard's profile plugin looks for it.
+  (trace_dir,) = (tmp_path / "seed1" / "plugins" / "profile").iterdir()
+  assert any(path.name.endswith(".xplane.pb") for path in trace_dir.iterdir())
+  assert not (tmp_path / "seed0" / "plugins").exists()
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -48,6 +53,7 @@ def test_training_writes_its_outputs_and_follows_the_seed(tmp_path):
     ({"image_size": 17, "model": {"features": (4, 8)}}, "UNet with 2 levels needs input .* divisible by 2"),
     ({"optimizer": {"name": "adamm"}}, "optimizer.name must be one of"),
     ({"schedule": {"name": "cosine"}}, "schedule.name must be"),
+    ({"profile": {"start_step": 0, "num_steps": 2}}, "start_step must be in"),
 ])
 def test_bad_settings_are_config_errors_raised_before_compiling(overrides, message):
   with pytest.raises(tasks.ConfigError, match=message):

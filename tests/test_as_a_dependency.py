@@ -1,0 +1,200 @@
+"""`losses` used the way another JAX project uses it: inside its transformations, with captured constants.
+
+Every public function runs under `jax.jit`, `lax.scan`, `jax.vmap`,
+`shard_map` and `jax.checkpoint` with its first input traced and the others
+captured from the enclosing scope as concrete arrays (a fixed label map or
+evaluation set, say); with everything captured; from NumPy inputs; and with
+int64/float64 inputs under `jax_enable_x64`. Each result must equal the
+eager one. A captured array is concrete while the function is traced, so a
+value check that calls `int()` or `np.asarray` on something derived from it
+with `jnp` would fail here.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+import numpy as np
+import pytest
+
+import losses
+
+RNG = np.random.default_rng(0)
+
+
+def _floats(*shape):
+  return RNG.normal(size=shape).astype(np.float32)
+
+
+def _labels(*shape, high=3):
+  return RNG.integers(0, high + 1, size=shape).astype(np.int32)
+
+
+MIXTURE = np.concatenate([_floats(4, 3, 2), RNG.uniform(0.2, 1.0, (4, 3, 2)).astype(np.float32)], axis=-1)
+WEIGHTING_NAMES = ("fixed", "trainable", "uncertainty", "dwa")
+
+
+def _weighting_combine(name):
+  """`task_losses -> (total, weights)` of the weighting `name`, built on each call (so in the caller's dtypes)."""
+  def combine(task_losses):
+    weighting = losses.loss_weighting(name, num_tasks=2, fixed_weights=(0.3, 0.7))
+    params, state = weighting.init()
+    return weighting.combine(params, state, task_losses)[:2]
+  return combine
+
+
+# name -> (function of arrays, the arrays: the first is traced, the others captured)
+CASES = {
+    "angular_distance": (losses.angular_distance, (_floats(2, 4, 4, 2), _floats(2, 4, 4, 2))),
+    "angular_loss": (lambda p, t, m: losses.angular_loss(p, t, mask=m),
+                     (_floats(2, 4, 4, 2), _floats(2, 4, 4, 2), RNG.random((2, 4, 4)) > 0.3)),
+    "orientation_metrics": (lambda p, t, m: losses.orientation_metrics(p, t, mask=m, axial=True),
+                            (_floats(2, 4, 4, 2), _floats(2, 4, 4, 2), RNG.random((2, 4, 4)) > 0.3)),
+    "encode_orientation": (functools.partial(losses.encode_orientation, axial=True), (_floats(2, 4, 4),)),
+    "decode_orientation": (losses.decode_orientation, (_floats(2, 4, 4, 2),)),
+    "propel_loss": (losses.propel_loss, (MIXTURE, _floats(4, 2))),
+    "mixture_log_density": (lambda p, t, w: losses.mixture_log_density(p, t, log_weights=w),
+                            (MIXTURE, _floats(4, 2), _floats(4, 3))),
+    "mixture_mean": (lambda p, w: losses.mixture_mean(p, log_weights=w), (MIXTURE, _floats(4, 3))),
+    "constrain_mixture": (losses.constrain_mixture, (_floats(4, 3, 4),)),
+    "split_mixture": (losses.split_mixture, (MIXTURE,)),
+    "log_gaussian_overlap": (losses.log_gaussian_overlap,
+                             (_floats(5, 3), np.ones((5, 3), np.float32), _floats(5, 3), np.ones(3, np.float32))),
+    "semi_conv_loss": (lambda e, l: losses.semi_conv_loss(e, l, max_instances=3),
+                       (_floats(2, 5, 5, 2), _labels(2, 5, 5))),
+    "semi_conv_loss/traced labels": (lambda l, e: losses.semi_conv_loss(e, l, max_instances=3),
+                                     (_labels(2, 5, 5), _floats(2, 5, 5, 2))),
+    "f2_iou_score": (lambda p, t: losses.f2_iou_score(p, t, max_instances=4), (_labels(2, 6, 6), _labels(2, 6, 6))),
+    "f2_iou_score/traced truth": (lambda t, p: losses.f2_iou_score(p, t, max_instances=4),
+                                  (_labels(2, 6, 6), _labels(2, 6, 6))),
+    "pixel_coordinates": (lambda x: x + losses.pixel_coordinates(3, 4), (_floats(3, 4, 2),)),
+    "semi_convolution": (lambda e, s: losses.semi_convolution(e, scale=s), (_floats(2, 3, 4, 3), np.float32(2.5))),
+    "extract_instances": (lambda f, e: losses.extract_instances(f, e, max_instances=3, distance=0.5),
+                          (RNG.random((2, 5, 5)).astype(np.float32), _floats(2, 5, 5, 2))),
+    "connected_components": (losses.connected_components, (RNG.random((2, 5, 5)) > 0.5,)),
+    "trainable_alpha_loss": (losses.trainable_alpha_loss,
+                             (np.float32(0.3), RNG.random(4).astype(np.float32), np.float32(2.0))),
+    "balanced_weights_loss": (losses.balanced_weights_loss,
+                              (np.array([0.2, 0.8], np.float32), np.array([1.5, 0.5], np.float32))),
+    "uncertainty_weighted_loss": (losses.uncertainty_weighted_loss, (_floats(2), np.array([1.5, 0.5], np.float32))),
+    "dwa_weights": (losses.dwa_weights, (np.array([1.0, 2.0], np.float32), np.array([1.5, 1.0], np.float32))),
+    **{f"loss_weighting/{name}": (_weighting_combine(name), (np.array([1.5, 0.5], np.float32),))
+       for name in WEIGHTING_NAMES},
+}
+
+# Public names that are not array functions of their own.
+NOT_ARRAY_FUNCTIONS = {"LossWeighting", "loss_weighting"}
+
+
+def test_every_public_function_has_a_case():
+  covered = {name.split("/")[0] for name in CASES}
+  assert set(losses.__all__) - NOT_ARRAY_FUNCTIONS <= covered
+
+
+def _one_device_shard_map(fn):
+  mesh = jax.make_mesh((1,), ("data",))
+  return jax.shard_map(fn, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(), check_vma=False)
+
+
+def _first_traced(transform):
+  """`run(fn, arrays)`: `transform` of `fn` in its first array, the rest captured as concrete jax arrays."""
+  def run(fn, arrays):
+    first, *rest = arrays
+    captured = [jnp.asarray(x) for x in rest]
+    return transform(lambda x: fn(x, *captured))(jnp.asarray(first))
+  return run
+
+
+def _scan(fn, arrays):
+  first, *rest = arrays
+  captured = [jnp.asarray(x) for x in rest]
+  _, outputs = jax.lax.scan(lambda carry, x: (carry, fn(x, *captured)), None, jnp.asarray(first)[None])
+  return jax.tree.map(lambda y: y[0], outputs)
+
+
+def _vmap(fn, arrays):
+  first, *rest = arrays
+  captured = [jnp.asarray(x) for x in rest]
+  outputs = jax.jit(jax.vmap(lambda x: fn(x, *captured)))(jnp.stack([jnp.asarray(first)] * 2))
+  return jax.tree.map(lambda y: y[1], outputs)
+
+
+TRANSFORMS = {
+    "numpy inputs": lambda fn, arrays: fn(*arrays),
+    "jit, everything captured": lambda fn, arrays: jax.jit(lambda: fn(*[jnp.asarray(x) for x in arrays]))(),
+    "jit": _first_traced(jax.jit),
+    "lax.scan": _scan,
+    "vmap": _vmap,
+    "shard_map": _first_traced(lambda f: jax.jit(_one_device_shard_map(f))),
+    "checkpoint": _first_traced(lambda f: jax.jit(jax.checkpoint(f))),
+}
+
+
+def _assert_trees_close(actual, expected):
+  actual_leaves, actual_structure = jax.tree.flatten(actual)
+  expected_leaves, expected_structure = jax.tree.flatten(expected)
+  assert actual_structure == expected_structure
+  for a, e in zip(actual_leaves, expected_leaves):
+    assert jnp.shape(a) == jnp.shape(e)
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("case", CASES)
+def test_each_function_under_each_transformation_equals_eager(case, transform):
+  fn, arrays = CASES[case]
+  expected = fn(*[jnp.asarray(x) for x in arrays])
+  _assert_trees_close(TRANSFORMS[transform](fn, arrays), expected)
+
+
+DIFFERENTIABLE = ("angular_loss", "propel_loss", "semi_conv_loss", "mixture_log_density", "trainable_alpha_loss")
+
+
+@pytest.mark.parametrize("case", DIFFERENTIABLE)
+def test_gradients_with_captured_constants_under_jit_and_checkpoint(case):
+  fn, arrays = CASES[case]
+  first, *rest = arrays
+  captured = [jnp.asarray(x) for x in rest]
+  loss = lambda x: jnp.sum(fn(x, *captured))
+  expected = jax.grad(loss)(jnp.asarray(first))
+  _assert_trees_close(jax.jit(jax.grad(loss))(first), expected)
+  _assert_trees_close(jax.jit(jax.grad(jax.checkpoint(loss)))(first), expected)
+
+
+def test_value_checks_still_run_on_host_values_inside_a_trace():
+  """A captured NumPy label map is checked at trace time; a traced one cannot be and is not."""
+  labels = np.full((1, 3, 3), 7, np.int32)
+  embeddings = jnp.zeros((1, 3, 3, 2))
+  with pytest.raises(ValueError, match="max_instances"):
+    jax.jit(lambda e: losses.semi_conv_loss(e, labels, max_instances=3))(embeddings)
+  traced = jax.jit(lambda l: losses.semi_conv_loss(embeddings, l, max_instances=3))(labels)
+  assert float(traced) == 0.0  # Ids out of range are background.
+
+
+@pytest.fixture
+def enable_x64():
+  with jax.enable_x64(True):
+    yield
+
+
+def _to_64_bit(x):
+  x = np.asarray(x)
+  if x.dtype == np.float32:
+    return x.astype(np.float64)
+  if x.dtype == np.int32:
+    return x.astype(np.int64)
+  return x
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_int64_and_float64_inputs_under_x64(case, enable_x64):
+  del enable_x64
+  fn, arrays = CASES[case]
+  arrays64 = [_to_64_bit(x) for x in arrays]
+  eager = fn(*arrays64)
+  _assert_trees_close(jax.jit(fn)(*arrays64), eager)
+  any_float = any(np.asarray(x).dtype == np.float64 for x in arrays64)
+  for leaf in jax.tree.leaves(eager):
+    if any_float and jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+      assert jnp.result_type(leaf) == jnp.float64, case
