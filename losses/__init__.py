@@ -40,6 +40,7 @@ from losses.angular import decode_orientation
 from losses.angular import encode_orientation
 from losses.angular import orientation_metrics
 from losses.instances import connected_components
+from losses.instances import discriminative_loss
 from losses.instances import extract_instances
 from losses.instances import f2_iou_score
 from losses.instances import pixel_coordinates
@@ -68,6 +69,7 @@ __all__ = (
     "connected_components",
     "constrain_mixture",
     "decode_orientation",
+    "discriminative_loss",
     "dwa_weights",
     "encode_orientation",
     "extract_instances",

@@ -23,6 +23,11 @@ circulating TensorFlow version:
 * the norm has a zero gradient at 0 (all pixels of an instance coincide),
   where autodiff of sqrt gives NaN; missing ids and empty images add 0.
 
+**Peer.** `discriminative_loss` (De Brabandere, Neven & Van Gool, CVPR
+Workshops 2017) pulls each instance's embeddings to within δ_v of its mean
+and pushes the means of different instances 2δ_d apart, with the same
+segment sums.
+
 **Metric.** `f2_iou_score` is the Kaggle Airbus Ship Detection score: per
 image and IoU threshold t ∈ {0.5, 0.55, …, 0.95}, TP = true objects matched
 by a prediction with IoU > t, FN = unmatched true objects, FP = unmatched
@@ -108,11 +113,100 @@ def semi_conv_loss(
     ids, psi = ids.reshape(-1), psi.reshape(-1, psi.shape[-1])
     valid = (ids != background) & (ids >= 0) & (ids <= max_instances)
     ids = jnp.where(valid, ids, background)
-    counts = jax.ops.segment_sum(valid.astype(psi.dtype), ids, num_segments)
-    means = jax.ops.segment_sum(psi, ids, num_segments) / jnp.maximum(counts, 1.0)[:, None]
+    counts, means = _instance_means(psi, ids, valid, num_segments)
     distances = jnp.where(valid, _safe_norm(psi - means[ids]), 0.0)
     mean_distance = jax.ops.segment_sum(distances, ids, num_segments) / jnp.maximum(counts, 1.0)
     return jnp.sum(mean_distance)
+
+  return _common.reduce_masked(jax.vmap(per_image)(labels, embeddings), None, reduction)
+
+
+def _instance_means(psi: jax.Array, ids: jax.Array, valid: jax.Array, num_segments: int):
+  """Per-segment pixel counts `(K+1,)` and mean embeddings `(K+1, C)` of one image's valid pixels."""
+  counts = jax.ops.segment_sum(valid.astype(psi.dtype), ids, num_segments)
+  sums = jax.ops.segment_sum(jnp.where(valid[:, None], psi, 0.0), ids, num_segments)
+  return counts, sums / jnp.maximum(counts, 1.0)[:, None]
+
+
+def discriminative_loss(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    *,
+    max_instances: int,
+    delta_v: float = 0.5,
+    delta_d: float = 1.5,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 0.001,
+    background: int = 0,
+    reduction: str = "mean",
+) -> jax.Array:
+  """De Brabandere, Neven & Van Gool's discriminative loss (CVPR Workshops 2017, arXiv 1708.02551).
+
+  Per image, with the C instances present (background excluded), μ_c the mean embedding of instance c
+  and N_c its pixel count:
+
+      L_var  = (1/C) Σ_c (1/N_c) Σ_{i∈c} [‖μ_c − x_i‖ − δ_v]₊²        (pull to the mean, hinged at δ_v)
+      L_dist = (1/(C(C−1))) Σ_{A≠B} [2δ_d − ‖μ_A − μ_B‖]₊²           (push the means 2δ_d apart)
+      L_reg  = (1/C) Σ_c ‖μ_c‖                                          (keep the means near the origin)
+      L      = α·L_var + β·L_dist + γ·L_reg,
+
+  each term averaged per instance, per (ordered) pair and per instance, as in the paper. An image with
+  one instance has no push term (0), one with none scores 0. Sums are segment sums over the pixels:
+  memory O(B·H·W·C + B·K²) and no one-hot tensor; background pixels get exactly zero gradient; the
+  norms have zero (not NaN) gradients where embeddings or means coincide.
+
+  Args:
+    embeddings: `(B, H, W, C)` float embeddings, C ≥ 1.
+    labels: `(B, H, W)` integer ids in [0, `max_instances`], as for `semi_conv_loss`.
+    max_instances: static largest id (≥ 0).
+    delta_v: the pull margin δ_v ≥ 0.
+    delta_d: half the push margin, δ_d ≥ 0.
+    alpha: weight α of the pull term.
+    beta: weight β of the push term.
+    gamma: weight γ of the regulariser.
+    background: the static id excluded from the loss.
+    reduction: "mean" or "sum" over the B images, or "none" for `(B,)`; the mean over an empty batch
+      is 0.
+
+  Returns:
+    A scalar, or `(B,)` for `reduction="none"`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import losses
+    >>> labels = jnp.array([[[1, 1, 2, 2]]])
+    >>> embeddings = jnp.array([[[[0.0], [0.0], [1.0], [1.0]]]])  # tight instances, means 1 apart
+    >>> print(losses.discriminative_loss(embeddings, labels, max_instances=2, gamma=0.0))  # [3 − 1]₊²
+    4.0
+  """
+  _common.check_reduction(reduction)
+  max_instances = _common.check_int(max_instances, "max_instances", minimum=0)
+  background = _common.check_int(background, "background")
+  for name, value in (("delta_v", delta_v), ("delta_d", delta_d)):
+    _common.check_number(value, name, minimum=0.0)
+  for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+    _common.check_number(value, name)
+  labels = _common.check_labels(labels, "labels", max_instances, limit="max_instances")
+  embeddings = _common.check_embeddings(embeddings, "embeddings", labels, "labels")
+  num_segments = max_instances + 1
+
+  def per_image(ids, psi):
+    ids, psi = ids.reshape(-1), psi.reshape(-1, psi.shape[-1])
+    valid = (ids != background) & (ids >= 0) & (ids <= max_instances)
+    ids = jnp.where(valid, ids, background)
+    counts, means = _instance_means(psi, ids, valid, num_segments)
+    present = (counts > 0) & (jnp.arange(num_segments) != background)
+    num_present = jnp.sum(present)
+    pull_per_pixel = jnp.where(valid, jnp.maximum(_safe_norm(psi - means[ids]) - delta_v, 0.0) ** 2, 0.0)
+    pull_per_instance = jax.ops.segment_sum(pull_per_pixel, ids, num_segments) / jnp.maximum(counts, 1.0)
+    pull = jnp.sum(jnp.where(present, pull_per_instance, 0.0)) / jnp.maximum(num_present, 1)
+    pairs = present[:, None] & present[None, :] & ~jnp.eye(num_segments, dtype=bool)
+    separation = _safe_norm(means[:, None, :] - means[None, :, :])
+    push_per_pair = jnp.where(pairs, jnp.maximum(2.0 * delta_d - separation, 0.0) ** 2, 0.0)
+    push = jnp.sum(push_per_pair) / jnp.maximum(num_present * (num_present - 1), 1)
+    regulariser = jnp.sum(jnp.where(present, _safe_norm(means), 0.0)) / jnp.maximum(num_present, 1)
+    return alpha * pull + beta * push + gamma * regulariser
 
   return _common.reduce_masked(jax.vmap(per_image)(labels, embeddings), None, reduction)
 

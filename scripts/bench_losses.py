@@ -552,7 +552,8 @@ def environment() -> str:
   return (f"Machine: {cpu}, {os.cpu_count()} cores ({CORES} usable by this process; XLA's CPU thread pool and "
           f"PyTorch's intra-op threads: {CORES}), {platform.system()} {platform.machine()}, Python "
           f"{platform.python_version()}. Versions: {versions}. JAX devices: {jax.devices()}. "
-          f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: `python {' '.join(sys.argv)}`.")
+          f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
+          f"`python -m scripts.bench_losses {' '.join(sys.argv[1:])}`.")
 
 
 BENCHMARKS = {"angular": bench_angular, "propel": bench_propel, "semi_conv": bench_semi_conv, "f2": bench_f2}

@@ -65,6 +65,8 @@ CASES = {
                        (_floats(2, 5, 5, 2), _labels(2, 5, 5))),
     "semi_conv_loss/traced labels": (lambda l, e: losses.semi_conv_loss(e, l, max_instances=3),
                                      (_labels(2, 5, 5), _floats(2, 5, 5, 2))),
+    "discriminative_loss": (lambda e, l: losses.discriminative_loss(e, l, max_instances=3),
+                            (_floats(2, 5, 5, 2), _labels(2, 5, 5))),
     "f2_iou_score": (lambda p, t: losses.f2_iou_score(p, t, max_instances=4), (_labels(2, 6, 6), _labels(2, 6, 6))),
     "f2_iou_score/traced truth": (lambda t, p: losses.f2_iou_score(p, t, max_instances=4),
                                   (_labels(2, 6, 6), _labels(2, 6, 6))),
@@ -148,7 +150,8 @@ def test_each_function_under_each_transformation_equals_eager(case, transform):
   _assert_trees_close(TRANSFORMS[transform](fn, arrays), expected)
 
 
-DIFFERENTIABLE = ("angular_loss", "propel_loss", "semi_conv_loss", "mixture_log_density", "trainable_alpha_loss")
+DIFFERENTIABLE = ("angular_loss", "propel_loss", "semi_conv_loss", "discriminative_loss", "mixture_log_density",
+                  "trainable_alpha_loss")
 
 
 @pytest.mark.parametrize("case", DIFFERENTIABLE)

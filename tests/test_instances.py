@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+from jax.test_util import check_grads
 import numpy as np
 import pytest
 
@@ -200,3 +201,54 @@ def test_semi_convolution_adds_coordinates_and_scenes_are_consistent():
   for touching, truth, merged in zip(scenes["touching"], scenes["labels"], components):
     if touching:
       assert len(np.unique(merged[merged > 0])) < len(np.unique(truth[truth > 0]))
+
+
+def reference_discriminative_loss(labels, embeddings, delta_v=0.5, delta_d=1.5, alpha=1.0, beta=1.0, gamma=0.001):
+  """Per image, loops over the instances and the ordered pairs of instances, in float64."""
+  labels, embeddings = np.asarray(labels), np.asarray(embeddings, np.float64)
+  totals = []
+  for ids, psi in zip(labels, embeddings):
+    instances = [i for i in np.unique(ids) if i != 0]
+    if not instances:
+      totals.append(0.0)
+      continue
+    means = {i: psi[ids == i].mean(axis=0) for i in instances}
+    pull = np.mean([np.mean(np.maximum(np.linalg.norm(psi[ids == i] - means[i], axis=-1) - delta_v, 0) ** 2)
+                    for i in instances])
+    pairs = [(a, b) for a in instances for b in instances if a != b]
+    push = np.mean([max(2 * delta_d - np.linalg.norm(means[a] - means[b]), 0) ** 2 for a, b in pairs]) if pairs else 0
+    regulariser = np.mean([np.linalg.norm(means[i]) for i in instances])
+    totals.append(alpha * pull + beta * push + gamma * regulariser)
+  return np.array(totals)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_discriminative_loss_matches_float64_loop(seed):
+  labels, embeddings = random_instances(seed)
+  labels = labels.at[0].set(0)  # An empty image scores 0.
+  labels = labels.at[1].set(jnp.where(labels[1] > 0, 3, 0))  # One instance: no push term.
+  embeddings = 2.0 * embeddings  # Some distances inside δ_v and some means closer than 2δ_d.
+  actual = losses.discriminative_loss(embeddings, labels, max_instances=5, reduction="none")
+  np.testing.assert_allclose(actual, reference_discriminative_loss(labels, embeddings), rtol=1e-5)
+  assert actual[0] == 0.0
+  options = dict(delta_v=0.1, delta_d=3.0, alpha=0.5, beta=2.0, gamma=0.1)
+  np.testing.assert_allclose(losses.discriminative_loss(embeddings, labels, max_instances=5, **options),
+                             reference_discriminative_loss(labels, embeddings, **options).mean(), rtol=1e-5)
+
+
+def test_discriminative_loss_gradients_background_and_coincident_embeddings():
+  labels, embeddings = random_instances(5)
+  loss = lambda e: losses.discriminative_loss(e, labels, max_instances=5)
+  gradient = jax.grad(loss)(embeddings)
+  assert np.all(np.asarray(gradient)[np.asarray(labels) == 0] == 0.0)
+  assert np.abs(np.asarray(gradient)[np.asarray(labels) > 0]).max() > 0
+  coincident = jnp.zeros_like(embeddings)  # Every embedding and every mean at one point.
+  value, gradient = jax.value_and_grad(loss)(coincident)
+  assert np.isfinite(value) and np.isfinite(np.asarray(gradient)).all()
+  empty_value, empty_gradient = jax.value_and_grad(
+      lambda e: losses.discriminative_loss(e, jnp.zeros_like(labels), max_instances=5))(embeddings)
+  assert empty_value == 0.0 and not np.asarray(empty_gradient).any()
+  with jax.enable_x64(True):
+    labels64, embeddings64 = np.asarray(labels), np.asarray(embeddings, np.float64) * 2.0
+    check_grads(lambda e: losses.discriminative_loss(e, labels64, max_instances=5), (embeddings64,),
+                order=1, modes=("rev",), eps=1e-6, atol=1e-5, rtol=1e-5)
