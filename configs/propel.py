@@ -2,6 +2,7 @@
 
     python train.py --config=configs/propel.py --workdir=/tmp/propel_i2
     python train.py --config=configs/propel.py --config.num_components=4 ...
+    python train.py --config=configs/propel.py --config.loss=weighted_propel ...   # PROPEL with learned weights
     python train.py --config=configs/propel.py --config.loss=mse ...   # point-estimate peer
     python train.py --config=configs/propel.py --config.loss=mdn ...   # mixture density network peer
 """
@@ -14,8 +15,10 @@ from configs import common
 def get_config() -> ml_collections.ConfigDict:
   config = common.base_config()
   config.task = "propel"
-  config.loss = "propel"  # "propel", "mse" or "mdn" (negative log-likelihood).
-  config.num_components = 2  # I, for "propel" and "mdn".
+  # "propel", "weighted_propel" (PROPEL of a mixture with a learned weight per component), "mse" or "mdn"
+  # (negative log-likelihood).
+  config.loss = "propel"
+  config.num_components = 2  # I, for "propel", "weighted_propel" and "mdn".
   config.sigma = 0.1  # Standard deviation of the ground-truth Gaussian (PROPEL).
   config.min_std = 0.01  # Floor of the predicted standard deviations.
   config.canvas_size = 32

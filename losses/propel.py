@@ -2,13 +2,13 @@
 
 PROPEL (Asad, Basaru, Arif, Slabaugh, "PROPEL: Probabilistic Parametric
 Regression Loss for Convolutional Neural Networks", ICPR 2020) lets a network
-output I equally weighted Gaussians Pᵢ = N(μᵢ, diag σᵢ²) in D dimensions and
-compares their mixture p_model = (1/I) Σᵢ Pᵢ with the isotropic ground truth
-P_gt = N(y, σ²·1) through the squared L2 distance of the two densities,
+output I Gaussians Pᵢ = N(μᵢ, diag σᵢ²) in D dimensions and compares their
+mixture p_model = Σᵢ wᵢ Pᵢ with the isotropic ground truth P_gt = N(y, σ²·1)
+through the squared L2 distance of the two densities,
 
     ‖p_gt − p_model‖² = T2 − T1,
-    T1 = (2/I) Σᵢ G(P_gt, Pᵢ),
-    T2 = H(P_gt) + (1/I²) Σᵢ Σⱼ G(Pᵢ, Pⱼ),
+    T1 = 2 Σᵢ wᵢ G(P_gt, Pᵢ),
+    T2 = H(P_gt) + Σᵢ Σⱼ wᵢ wⱼ G(Pᵢ, Pⱼ),
 
 where G(a, b) = ∫ N_a N_b = Π_d N(μ_a,d; μ_b,d, σ_a,d² + σ_b,d²) is the
 overlap of two Gaussians and H(a) = G(a, a) = Π_d 1/(2√π σ_a,d). The loss is
@@ -16,10 +16,17 @@ the log ratio
 
     L = log₁₀ T2 − log₁₀ T1 ≥ 0,
 
-zero exactly when every component equals P_gt (T2 − T1 ≥ 0 is a squared
-norm). Units (log10), layout (D means then D standard deviations per
-component) and `sigma` (the ground truth's standard deviation) follow the
-reference implementation, the PyPI package `torchpropel` 0.0.3.
+zero exactly when the mixture equals P_gt (T2 − T1 ≥ 0 is a squared norm).
+The paper's mixture is equally weighted, wᵢ = 1/I: the weights are then a
+common factor of each sum, T1 = (2/I) Σᵢ G(P_gt, Pᵢ) and
+T2 = H(P_gt) + (1/I²) Σᵢ Σⱼ G(Pᵢ, Pⱼ), which is PROPEL. Any other weights
+(Σᵢ wᵢ = 1, from a weight head) keep the closed form, and let the network
+give about half of the mass to each mode of an ambiguous input and about
+none to a mode it can rule out; a zero weight removes its component. Units
+(log10), layout (D means then D standard deviations per component) and
+`sigma` (the ground truth's standard deviation) follow the reference
+implementation, the PyPI package `torchpropel` 0.0.3, which has equal
+weights only.
 
 Numerical choices, and where the result differs from `torchpropel`:
 
@@ -32,9 +39,14 @@ Numerical choices, and where the result differs from `torchpropel`:
   log(σ_i/σ), computed once per component, and the q terms take one log of
   a product per pair (per 64 dimensions; the factors are in [½, 1], so the
   product cannot underflow) instead of one log per dimension. T1 is a
-  log-sum-exp over the I components; T2 one over the I×I overlap matrix
-  (its diagonal is log Hᵢ) together with log H(P_gt), stabilised by the
-  largest diagonal term, which bounds the whole matrix (Cauchy–Schwarz).
+  log-sum-exp over the I components, each term log G(P_gt, Pᵢ) + log wᵢ; T2
+  one over the I×I overlap matrix, each term log G(Pᵢ, Pⱼ) + log wᵢ + log wⱼ
+  (its diagonal is log Hᵢ + 2 log wᵢ), together with log H(P_gt),
+  stabilised by the largest diagonal term, which bounds the whole matrix
+  (Cauchy–Schwarz: wᵢwⱼGᵢⱼ ≤ √(wᵢ²Hᵢ · wⱼ²Hⱼ)). A zero weight is a term of
+  −inf, which adds nothing. Equal weights are taken out of the sums, as the
+  constants log(2/I) and −2 log I, so the equal-weight terms are exactly
+  those of the paper's formula.
   `torchpropel` forms the overlaps themselves, which underflow to 0 (loss
   inf, NaN gradients) for a target a few units from the prediction,
   overflow for D ≥ 16, and expands (a − b)² as 2ab − a² − b², which cancels
@@ -51,7 +63,12 @@ Numerical choices, and where the result differs from `torchpropel`:
   pair passing its gradient to both components), computed in the same pass
   as the value and reusing its terms, instead of autodiff through the
   log-sum-exps (the rule is itself differentiable: second derivatives
-  match finite differences in float64).
+  match finite differences in float64). The log weights enter every term
+  linearly, so d ln T1/d log wᵢ is the share of term i in T1 and
+  d ln T2/d log wᵢ the sum of the shares in T2 of the pairs that contain
+  component i (the diagonal term twice). A zero weight has zero shares:
+  its component's means, standard deviations and log weight get a
+  gradient of exactly 0.
 * For D > 1, `torchpropel` evaluates H(P_gt) as if D were 1 (its σ parameter
   has shape [1, 1, 1]), so its loss is not the PROPEL distance: it goes
   negative (−0.124 for a perfect prediction at D = 3, I = 6, σ = 0.2) and
@@ -69,6 +86,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
+import numpy as np
 
 from losses import _common
 
@@ -157,15 +175,41 @@ def _check_mixture_and_targets(predictions: ArrayLike, targets: ArrayLike):
   return means.astype(dtype), stds.astype(dtype), targets.astype(dtype)
 
 
-def _log_mixture_weights(log_weights: jax.Array | None, num_components: int, batch: int) -> jax.Array:
-  """Normalised log weights `(B, I)`: uniform (PROPEL) when `log_weights` is None."""
-  if log_weights is None:
-    return jnp.full((batch, num_components), -math.log(num_components))
+def _check_log_weights(log_weights: ArrayLike, num_components: int, batch: int) -> jax.Array:
+  """A float `(B, I)` array of log mixture weights."""
   log_weights = _common.as_float(log_weights, "log_weights")
   _common.chex().assert_shape(log_weights, (batch, num_components),
                     custom_message=f"`log_weights` {log_weights.shape} must have shape (B, I) = "
                                    f"{(batch, num_components)}")
-  return jax.nn.log_softmax(log_weights, axis=-1)
+  return log_weights
+
+
+def _check_normalised_log_weights(log_weights: ArrayLike, num_components: int, batch: int) -> jax.Array:
+  """`_check_log_weights`, and logsumexp over I equal to 0 where the host holds them.
+
+  The tolerance is √ε of their dtype but at least float32's (3.5e-4), so that
+  weights normalised in float32 and cast to float64 pass.
+  """
+  values = _common.host_values(log_weights)
+  log_weights = _check_log_weights(log_weights, num_components, batch)
+  if values is not None and values.size:
+    with np.errstate(invalid="ignore"):  # NaN weights give a NaN total, reported below.
+      log_totals = np.logaddexp.reduce(values.astype(np.float64), axis=-1)
+    tolerance = math.sqrt(max(jnp.finfo(values.dtype).eps, jnp.finfo(jnp.float32).eps))
+    # `not <=` also rejects NaN totals.
+    wrong = np.flatnonzero(~(np.abs(log_totals) <= tolerance))
+    if wrong.size:
+      raise ValueError(
+          "`log_weights` must be normalised log mixture weights, logsumexp over the I components equal to 0 "
+          f"(e.g. jax.nn.log_softmax of logits), got {log_totals[wrong[0]]:.4g} for example {wrong[0]}.")
+  return log_weights
+
+
+def _log_mixture_weights(log_weights: ArrayLike | None, num_components: int, batch: int) -> jax.Array:
+  """Normalised log weights `(B, I)`: uniform (PROPEL) when `log_weights` is None."""
+  if log_weights is None:
+    return jnp.full((batch, num_components), -math.log(num_components))
+  return jax.nn.log_softmax(_check_log_weights(log_weights, num_components, batch), axis=-1)
 
 
 def mixture_log_density(
@@ -250,28 +294,36 @@ def _roll_components(x: jax.Array, shift: int) -> jax.Array:
   return jnp.roll(x, -shift, axis=1)
 
 
-def _propel_terms(means, stds, target, sigma, with_gradient):
+def _propel_terms(means, stds, target, log_weights, sigma, with_gradient):
   """Per-example PROPEL loss (B,) and, with `with_gradient`, its gradients with respect to
-  `means`, `stds` (B, I, D) and `target` (B, D)."""
+  `means`, `stds` (B, I, D), `target` (B, D) and `log_weights` (B, I).
+
+  `log_weights` None is PROPEL's 1/I, taken out of the sums: the terms get log
+  weights 0 and the sums the constant factors 2/I (T1) and 1/I² (the matrix).
+  """
   num_components = means.shape[1]
-  log_i = math.log(num_components)
+  if log_weights is None:
+    log_weights, log_common_weight = jnp.zeros(means.shape[:2], means.dtype), -math.log(num_components)
+  else:
+    log_common_weight = 0.0
   log_stds = jnp.log(stds / sigma)  # log(σ_i/σ): 0 at a perfect prediction.
-  # T1: overlaps of the ground truth with each component.
+  # T1: overlaps of the ground truth with each component, times the component's weight.
   target_sigma = jnp.asarray(sigma, stds.dtype)
   target_diff = target[:, None, :] - means
-  log_t1_terms, t1_z2, t1_inverse_variance = _pair_terms(
+  log_overlaps, t1_z2, t1_inverse_variance = _pair_terms(
       target_diff, target_sigma, stds, jnp.zeros((), stds.dtype), log_stds)
+  log_t1_terms = log_overlaps + log_weights
   t1_max = jax.lax.stop_gradient(jnp.max(log_t1_terms, axis=1, keepdims=True))
   t1_max = jnp.where(jnp.isfinite(t1_max), t1_max, 0.0)
   t1_exp = jnp.exp(log_t1_terms - t1_max)
   t1_sum = jnp.sum(t1_exp, axis=1)
-  log_t1 = math.log(2.0) - log_i + t1_max[:, 0] + jnp.log(t1_sum)
-  # T2: the I×I overlap matrix, symmetric: its diagonal log H(P_i) and, for each
-  # offset k ≤ I/2, the pairs (i, i + k mod I), which cover the off-diagonal
+  log_t1 = math.log(2.0) + log_common_weight + t1_max[:, 0] + jnp.log(t1_sum)
+  # T2: the I×I overlap matrix times w_i w_j, symmetric: its diagonal log H(P_i) + 2 log w_i
+  # and, for each offset k ≤ I/2, the pairs (i, i + k mod I), which cover the off-diagonal
   # terms once (twice for k = I/2, hence its weight 1 instead of 2).
-  diagonal = -jnp.sum(log_stds, axis=-1)
-  # By Cauchy–Schwarz every overlap is at most the larger of the two self-overlaps,
-  # so the largest diagonal term bounds the whole matrix.
+  diagonal = 2.0 * log_weights - jnp.sum(log_stds, axis=-1)
+  # By Cauchy–Schwarz every weighted overlap is at most the larger of the two weighted
+  # self-overlaps, so the largest diagonal term bounds the whole matrix.
   t2_max = jax.lax.stop_gradient(jnp.max(diagonal, axis=1, keepdims=True))
   diagonal_exp = jnp.exp(diagonal - t2_max)
   t2_sum = jnp.sum(diagonal_exp, axis=1)
@@ -281,52 +333,61 @@ def _propel_terms(means, stds, target, sigma, with_gradient):
     diff = means - _roll_components(means, shift)
     log_overlap, z2, inverse_variance = _pair_terms(
         diff, stds, _roll_components(stds, shift), log_stds, _roll_components(log_stds, shift))
-    pair_exp = weight * jnp.exp(log_overlap - t2_max)
+    pair_log_weights = log_weights + _roll_components(log_weights, shift)
+    pair_exp = weight * jnp.exp(log_overlap + pair_log_weights - t2_max)
     t2_sum = t2_sum + jnp.sum(pair_exp, axis=1)
     pairs.append((shift, diff, z2, inverse_variance, pair_exp))
-  log_model_terms = t2_max[:, 0] + jnp.log(t2_sum) - 2.0 * log_i
+  log_model_terms = t2_max[:, 0] + jnp.log(t2_sum) + 2.0 * log_common_weight
   log_t2 = jnp.logaddexp(0.0, log_model_terms)
   loss = (log_t2 - log_t1) / math.log(10.0)
   # Rounding can leave a perfect prediction a few ulps below 0.
   clipped = jnp.maximum(loss, 0.0)
   if not with_gradient:
     return clipped
-  # d(ln T2) = Σ_pairs w_ij d(log overlap_ij), w the share of each pair in T2;
-  # d(ln T1) likewise with the shares of the T1 terms. Each off-diagonal pair
-  # passes its gradient to both of its components (the partner's by rolling back).
+  # d(ln T2) = Σ_pairs s_ij d(log overlap_ij + log w_i + log w_j), s the share of each
+  # pair in T2; d(ln T1) likewise with the shares of the T1 terms. Each off-diagonal
+  # pair passes its gradient to both of its components (the partner's by rolling back).
   keep = jnp.where(loss > 0, 1.0 / math.log(10.0), 0.0)[:, None]
   t2_weight = (jax.nn.sigmoid(log_model_terms) / t2_sum)[:, None] * keep
-  t1_weight = (t1_exp / t1_sum[:, None] * keep)[..., None]
+  t1_share = t1_exp / t1_sum[:, None] * keep
+  t1_weight = t1_share[..., None]
   grad_means = -t1_weight * target_diff * t1_inverse_variance
   grad_target = -jnp.sum(grad_means, axis=1)
   grad_stds_over_stds = -t1_weight * (t1_z2 - 1.0) * t1_inverse_variance
-  grad_stds_over_stds -= (t2_weight * diagonal_exp)[..., None] / (stds * stds)
+  diagonal_share = t2_weight * diagonal_exp
+  grad_stds_over_stds -= diagonal_share[..., None] / (stds * stds)
+  grad_log_weights = 2.0 * diagonal_share - t1_share
   for shift, diff, z2, inverse_variance, pair_exp in pairs:
-    pair_weight = (t2_weight * pair_exp)[..., None]
+    pair_share = t2_weight * pair_exp
+    pair_weight = pair_share[..., None]
     mean_term = pair_weight * diff * inverse_variance
     std_term = pair_weight * (z2 - 1.0) * inverse_variance
     grad_means += _roll_components(mean_term, -shift) - mean_term
     grad_stds_over_stds += std_term + _roll_components(std_term, -shift)
-  return clipped, grad_means, grad_stds_over_stds * stds, grad_target
+    grad_log_weights += pair_share + _roll_components(pair_share, -shift)
+  return clipped, grad_means, grad_stds_over_stds * stds, grad_target, grad_log_weights
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _propel(predictions: jax.Array, targets: jax.Array, sigma: float) -> jax.Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _propel(predictions: jax.Array, targets: jax.Array, log_weights: jax.Array | None, sigma: float) -> jax.Array:
   dims = predictions.shape[-1] // 2
-  return _propel_terms(predictions[..., :dims], predictions[..., dims:], targets, sigma, with_gradient=False)
+  return _propel_terms(predictions[..., :dims], predictions[..., dims:], targets, log_weights, sigma,
+                       with_gradient=False)
 
 
 def _propel_jvp(sigma, primals, tangents):
-  predictions, targets = primals
-  d_pred, d_target = tangents
+  predictions, targets, log_weights = primals
+  d_pred, d_target, d_log_weights = tangents  # `d_log_weights` is None with `log_weights`.
   dims = predictions.shape[-1] // 2
-  loss, grad_means, grad_stds, grad_target = _propel_terms(
-      predictions[..., :dims], predictions[..., dims:], targets, sigma, with_gradient=True)
+  loss, grad_means, grad_stds, grad_target, grad_log_weights = _propel_terms(
+      predictions[..., :dims], predictions[..., dims:], targets, log_weights, sigma, with_gradient=True)
   tangent = jnp.zeros_like(loss)
   if not isinstance(d_pred, jax.custom_derivatives.SymbolicZero):
     tangent = tangent + jnp.sum(jnp.concatenate([grad_means, grad_stds], axis=-1) * d_pred, axis=(1, 2))
   if not isinstance(d_target, jax.custom_derivatives.SymbolicZero):
     tangent = tangent + jnp.sum(grad_target * d_target, axis=1)
+  if log_weights is not None and not isinstance(d_log_weights, jax.custom_derivatives.SymbolicZero):
+    tangent = tangent + jnp.sum(grad_log_weights * d_log_weights, axis=1)
   return loss, tangent
 
 
@@ -338,9 +399,15 @@ def propel_loss(
     targets: ArrayLike,
     *,
     sigma: float = 0.1,
+    log_weights: ArrayLike | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
-  """PROPEL loss log₁₀ T2 − log₁₀ T1 (Asad et al., ICPR 2020), in the log domain.
+  """PROPEL loss log₁₀ T2 − log₁₀ T1 (Asad et al., ICPR 2020), in the log domain, with optional mixture weights.
+
+  T1 = 2 Σᵢ wᵢ G(P_gt, Pᵢ) and T2 = H(P_gt) + Σᵢ Σⱼ wᵢ wⱼ G(Pᵢ, Pⱼ) (see the
+  module docstring), the squared L2 distance between the ground truth and
+  the mixture Σᵢ wᵢ Pᵢ. Without `log_weights` every wᵢ is 1/I, and the sums
+  are PROPEL's T1 = (2/I) Σᵢ G(P_gt, Pᵢ) and T2 = H(P_gt) + (1/I²) Σᵢ Σⱼ G(Pᵢ, Pⱼ).
 
   Args:
     predictions: `(B, I, 2D)` network output: for each of the I components,
@@ -349,6 +416,16 @@ def propel_loss(
       Gaussians.
     sigma: standard deviation of the isotropic ground-truth Gaussian, a
       static number > 0.
+    log_weights: optional `(B, I)` float array of normalised natural-log
+      mixture weights log wᵢ, logsumexp over the I components equal to 0
+      (e.g. `jax.nn.log_softmax` of a weight head's logits); −inf (a weight
+      of 0) removes its component, whose parameters and log weight then get
+      a zero gradient. None is PROPEL's equal weights 1/I. The gradient with
+      respect to `log_weights` comes with the others from the closed form.
+      The normalisation is checked (to 3.5e-4, √ε of float32, or √ε of a
+      coarser dtype; a ValueError) where the host holds the values (see
+      `losses`); inside `jax.jit` it cannot be, and weights that do not sum
+      to 1 give a loss that is not the L2 distance.
     reduction: "mean" or "sum" over the B examples, or "none" for `(B,)`.
       The mean over an empty batch (B = 0) is 0 with a zero gradient.
 
@@ -367,12 +444,34 @@ def propel_loss(
     0.1086
     >>> jax.grad(losses.propel_loss)(shifted, targets).shape
     (1, 1, 4)
+
+    A second component far from the target: with equal weights T1 = H(P_gt)
+    and T2 = H(P_gt) + (H + H)/4, so L = log₁₀ 1.5; given all the weight, the
+    component at the target is a perfect prediction.
+
+    >>> far = jnp.array([[[5.0, 5.0, 0.1, 0.1]]])
+    >>> two = jnp.concatenate([perfect, far], axis=1)  # I = 2
+    >>> print(round(float(losses.propel_loss(two, targets, sigma=0.1)), 4))
+    0.1761
+    >>> all_on_first = jnp.log(jnp.array([[1.0, 0.0]]))  # log weights 0 and −inf
+    >>> print(round(float(losses.propel_loss(two, targets, sigma=0.1, log_weights=all_on_first)), 4))
+    0.0
+    >>> weighted = lambda logits: losses.propel_loss(two, targets, sigma=0.1, log_weights=jax.nn.log_softmax(logits))
+    >>> value, gradient = jax.value_and_grad(weighted)(jnp.zeros((1, 2)))  # equal weights again
+    >>> print(round(float(value), 4), gradient.round(4))  # moving weight onto the first component helps
+    0.1761 [[-0.2171  0.2171]]
   """
   _common.check_reduction(reduction)
   _common.check_number(sigma, "sigma", minimum=0.0, strict=True, why=" (the ground-truth standard deviation)",
                        static=True)
   means, _, targets = _check_mixture_and_targets(predictions, targets)
+  dtype = means.dtype
+  if log_weights is not None:
+    log_weights = _check_normalised_log_weights(log_weights, means.shape[1], means.shape[0])
+    dtype = jnp.promote_types(dtype, log_weights.dtype)
+    log_weights = log_weights.astype(dtype)
   # `predictions` itself (not a concatenation of its halves) is the differentiated input,
   # so its gradient is built once, without padding and adding the halves.
-  predictions = _common.as_float(predictions, "predictions").astype(means.dtype)
-  return _common.reduce_masked(_propel(predictions, targets, float(sigma)), None, reduction)
+  predictions = _common.as_float(predictions, "predictions").astype(dtype)
+  return _common.reduce_masked(_propel(predictions, targets.astype(dtype), log_weights, float(sigma)), None,
+                               reduction)

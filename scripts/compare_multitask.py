@@ -14,7 +14,6 @@ import os
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 
 from configs import multitask as multitask_config
 from scripts import tables
@@ -50,10 +49,7 @@ def main(argv):
       results.append(train.train_and_evaluate(config, workdir))
       if seed == int(_SEEDS.value[0]):
         histories.append((label, base.read_metrics(workdir, "train")))
-    summary = {}
-    for key in ("iou", "accuracy"):
-      values = np.array([r[key] for r in results])
-      summary[key] = f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.3f}"
+    summary = tables.summarise(results, [("iou", "", "{:.3f}"), ("accuracy", "", "{:.3f}")])
     final = histories[-1][1][-1]
     summary["weight"] = f"{final['weight_localization']:.3g}"
     rows.append((label, summary))

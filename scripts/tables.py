@@ -2,6 +2,8 @@
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from tasks import base
 
 Column = tuple[str, str, str]  # (metric key, column title, format string)
@@ -15,6 +17,20 @@ def final_eval(workdir: str) -> dict[str, float]:
 def parse_runs(runs: Sequence[str]) -> list[tuple[str, str]]:
   """`["label=workdir", ...]` → `[(label, workdir), ...]`."""
   return [tuple(run.rsplit("=", 1)) for run in runs]
+
+
+def summarise(records: Sequence[dict[str, float]], columns: Sequence[Column], *, spread: bool = True) -> dict[str, str]:
+  """The formatted mean over `records` of each column, "± the sample standard deviation" added with `spread` and
+  several records; a metric that some record lacks is left out, so that it prints as "—"."""
+  cells = {}
+  for key, _, fmt in columns:
+    if not all(key in record for record in records):
+      continue
+    values = np.array([record[key] for record in records])
+    cells[key] = fmt.format(values.mean())
+    if spread and len(values) > 1:
+      cells[key] += " ± " + fmt.format(values.std(ddof=1))
+  return cells
 
 
 def markdown_table(rows: Sequence[tuple[str, dict]], columns: Sequence[Column], first: str = "method") -> str:

@@ -7,6 +7,9 @@ small CNN predicts, depending on `config.loss`:
 
 * "propel": I equally weighted Gaussians (`config.num_components`) trained
   with `losses.propel_loss`;
+* "weighted_propel": I Gaussians and a weight logit per component (the
+  MDN's head), trained with `losses.propel_loss` of the weighted mixture,
+  `log_weights` the log-softmax of the logits;
 * "mdn": I Gaussians with learned weights trained by negative log-likelihood
   (a mixture density network, Bishop 1994);
 * "mse": one point (cos, sin) trained with squared error.
@@ -14,9 +17,12 @@ small CNN predicts, depending on `config.loss`:
 Evaluation on held-out digits at fixed random angles: the angular error of
 the mixture mean's direction, of the mode (the component mean of highest
 mixture density), of the best component (the oracle choice among the I
-means), and the held-out negative log-likelihood of the target under
-the mixture (nats; not defined for MSE), overall, per digit class, and for
-the rotation-ambiguous classes.
+means), the held-out negative log-likelihood of the target under the
+mixture (nats), and the weight given to the true mode (the total mixture
+weight of the components whose mean points within 45° of the true angle;
+for equal weights the fraction of the components there), the last two not
+defined for MSE; overall, per digit class, and for the rotation-ambiguous
+classes.
 """
 
 import functools
@@ -32,8 +38,11 @@ from models import SmallCNN
 from tasks import base
 from tasks.base import Task
 
-LOSSES = ("propel", "mse", "mdn")
+LOSSES = ("propel", "weighted_propel", "mse", "mdn")
+WEIGHTED_LOSSES = ("weighted_propel", "mdn")  # A weight logit per component.
+NAMES = {"propel": "PROPEL", "weighted_propel": "weighted PROPEL", "mdn": "MDN", "mse": "MSE"}
 AMBIGUOUS_CLASSES = (0, 1, 6, 8, 9)
+TRUE_MODE_DEG = 45.0  # A component whose mean points this close to the true angle is on the true mode.
 
 
 def _render(config, images, labels, angles):
@@ -72,7 +81,8 @@ def build(config: ml_collections.ConfigDict) -> Task:
     raise base.ConfigError(f"config.loss must be one of {LOSSES}, got {config.loss!r}.")
   components = 1 if config.loss == "mse" else config.num_components
   dims = 2
-  outputs = dims if config.loss == "mse" else components * (2 * dims + (config.loss == "mdn"))
+  weighted = config.loss in WEIGHTED_LOSSES
+  outputs = dims if config.loss == "mse" else components * (2 * dims + weighted)
   model = SmallCNN(features=tuple(config.model.features), hidden=config.model.hidden, outputs=outputs)
   train_split = jax.tree.map(jnp.asarray, digits.load_split()["train"])
 
@@ -82,13 +92,13 @@ def build(config: ml_collections.ConfigDict) -> Task:
     return init_model(rng), {}
 
   def predict(params, images):
-    """`(pred (B, I, 2D) or None, means (B, I, D), log_weights (B, I) or None)`."""
+    """`(pred (B, I, 2D) or None, means (B, I, D), normalised log_weights (B, I) or None for equal weights)`."""
     raw = model.apply({"params": params}, images)
     if config.loss == "mse":
       return None, raw[:, None, :], None
     raw = raw.reshape(raw.shape[0], components, -1)
     pred = losses.constrain_mixture(raw[..., :2 * dims], min_std=config.min_std)
-    log_weights = raw[..., -1] if config.loss == "mdn" else None
+    log_weights = jax.nn.log_softmax(raw[..., -1]) if weighted else None
     return pred, pred[..., :dims], log_weights
 
   def point_estimate(pred, means, log_weights):
@@ -98,8 +108,8 @@ def build(config: ml_collections.ConfigDict) -> Task:
     del rng
     target = batch["target"]
     pred, means, log_weights = predict(params, batch["image"])
-    if config.loss == "propel":
-      value = losses.propel_loss(pred, target, sigma=config.sigma)
+    if config.loss in ("propel", "weighted_propel"):
+      value = losses.propel_loss(pred, target, sigma=config.sigma, log_weights=log_weights)
     elif config.loss == "mdn":
       value = -jnp.mean(losses.mixture_log_density(pred, target, log_weights=log_weights))
     else:
@@ -111,13 +121,15 @@ def build(config: ml_collections.ConfigDict) -> Task:
   def per_example_metrics(params, batch):
     target = batch["target"]
     pred, means, log_weights = predict(params, batch["image"])
+    component_errors = _angle_error_deg(means, jnp.broadcast_to(target[:, None], means.shape))
     errors = {
         "mean_error_deg": _angle_error_deg(point_estimate(pred, means, log_weights), target),
-        "best_component_error_deg": jnp.min(
-            _angle_error_deg(means, jnp.broadcast_to(target[:, None], means.shape)), axis=1),
+        "best_component_error_deg": jnp.min(component_errors, axis=1),
     }
     if pred is not None:
       errors["nll"] = -losses.mixture_log_density(pred, target, log_weights=log_weights)
+      errors["true_mode_weight"] = jnp.sum(
+          jnp.where(component_errors <= TRUE_MODE_DEG, _mixture_weights(log_weights, components), 0.0), axis=1)
       # The mode estimate: the component mean where the mixture density is highest.
       density_at_means = jax.vmap(
           lambda point: losses.mixture_log_density(pred, point, log_weights=log_weights), in_axes=1, out_axes=1)(means)
@@ -155,7 +167,12 @@ def build(config: ml_collections.ConfigDict) -> Task:
 
 
 def _describe(config) -> str:
-  return "MSE" if config.loss == "mse" else f"{config.loss.upper()}, I = {config.num_components}"
+  return NAMES[config.loss] + ("" if config.loss == "mse" else f", I = {config.num_components}")
+
+
+def _mixture_weights(log_weights, num_components: int):
+  """The weights `(B, I)` of normalised `log_weights`, or 1/I each where they are None."""
+  return 1.0 / num_components if log_weights is None else jnp.exp(log_weights)
 
 
 def _plot_mixtures(examples, pred, means, log_weights, path: str, *, title: str) -> None:
@@ -165,6 +182,7 @@ def _plot_mixtures(examples, pred, means, log_weights, path: str, *, title: str)
   count = len(examples["label"])
   circle = np.linspace(0, 2 * np.pi, 361)
   points = np.stack([np.cos(circle), np.sin(circle)], axis=-1)
+  weights = np.broadcast_to(np.asarray(_mixture_weights(log_weights, means.shape[1])), means.shape[:2])
   figure = plt.figure(figsize=(3 * count // 2, 6.4))
   for k in range(count):
     image_axis = figure.add_subplot(4, count // 2, k + 1 + (k // (count // 2)) * (count // 2))
@@ -175,13 +193,14 @@ def _plot_mixtures(examples, pred, means, log_weights, path: str, *, title: str)
     true_angle = np.arctan2(*np.asarray(examples["target"][k])[::-1])
     if pred is not None:
       repeated = np.broadcast_to(np.asarray(pred[k]), (len(circle),) + pred.shape[1:])
-      weights = None if log_weights is None else np.broadcast_to(
+      repeated_log_weights = None if log_weights is None else np.broadcast_to(
           np.asarray(log_weights[k]), (len(circle),) + log_weights.shape[1:])
-      density = np.exp(np.asarray(losses.mixture_log_density(repeated, points, log_weights=weights)))
+      density = np.exp(np.asarray(losses.mixture_log_density(repeated, points, log_weights=repeated_log_weights)))
       polar.fill_between(circle, 0.3, 0.3 + 0.7 * density / density.max(), color="tab:blue", alpha=0.5,
                          label="density on the unit circle (scaled)")
-    for mean in np.asarray(means[k]):
-      polar.plot([np.arctan2(mean[1], mean[0])] * 2, [0, np.hypot(*mean)], color="tab:red", lw=1, label="means")
+    for mean, weight in zip(np.asarray(means[k]), weights[k]):
+      polar.plot([np.arctan2(mean[1], mean[0])] * 2, [0, np.hypot(*mean)], color="tab:red", lw=1.5,
+                 alpha=float(weight / weights[k].max()), label="means (opacity ∝ weight)")
     polar.plot([true_angle, true_angle], [0, 1], color="tab:green", lw=3, alpha=0.7, label="true angle", zorder=3)
     polar.set_ylim(0, 1.05)
     polar.set_yticks([])

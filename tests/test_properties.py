@@ -112,17 +112,22 @@ def test_angular_loss_sign_gradients_and_rotation_invariance(pair, angle, delta)
   np.testing.assert_allclose(swapped, base, rtol=1e-9, atol=1e-9)
 
 
-# PROPEL: ≥ 0, finite gradients, unchanged by permuting the predicted components and by translating
-# the target and every predicted mean by the same vector.
+# PROPEL: ≥ 0, finite gradients, unchanged by permuting the predicted components (with their weights) and by
+# translating the target and every predicted mean by the same vector; equal or learned weights, zero weights
+# (log weight −inf) among them.
 
-@functools.partial(jax.jit, static_argnums=4)  # σ is static: it is folded into constants.
-def propel_case(pred, target, order, shift, sigma):
+@functools.partial(jax.jit, static_argnums=5)  # σ is static: it is folded into constants.
+def propel_case(pred, target, log_weights, order, shift, sigma):
   dims = target.shape[-1]
   # (as given, components permuted, target and means translated).
   preds = jnp.concatenate([pred, pred[:, order], pred.at[..., :dims].add(shift)])
   targets = jnp.concatenate([target, target, target + shift])
-  values = losses.propel_loss(preds, targets, sigma=sigma, reduction="none").reshape(3, -1)
-  gradients = jax.grad(lambda p, t: losses.propel_loss(p, t, sigma=sigma), argnums=(0, 1))(pred, target)
+  stacked_log_weights = None if log_weights is None else jnp.concatenate(
+      [log_weights, log_weights[:, order], log_weights])
+  values = losses.propel_loss(preds, targets, sigma=sigma, log_weights=stacked_log_weights,
+                              reduction="none").reshape(3, -1)
+  gradients = jax.grad(lambda p, t, w: losses.propel_loss(p, t, sigma=sigma, log_weights=w), argnums=(0, 1, 2))(
+      pred, target, log_weights)
   return *values, gradients
 
 
@@ -132,16 +137,22 @@ def mixtures(draw):
   means = draw(array((batch, components, dims), floats(-5.0, 5.0)))
   stds = draw(array((batch, components, dims), floats(0.05, 3.0)))
   target = draw(array((batch, dims), floats(-5.0, 5.0)))
+  log_weights = None
+  if draw(st.booleans()):
+    # Logits of −inf are zero weights; the first component keeps a finite one.
+    logits = draw(array((batch, components), st.just(-np.inf) | floats(-10.0, 10.0)))
+    logits[:, 0] = np.where(np.isfinite(logits[:, 0]), logits[:, 0], 0.0)
+    log_weights = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
   order = np.array(draw(st.permutations(range(components))))
   shift = draw(array((dims,), floats(-100.0, 100.0)))
-  return np.concatenate([means, stds], axis=-1), target, order, shift
+  return np.concatenate([means, stds], axis=-1), target, log_weights, order, shift
 
 
 @PROPERTY
 @given(mixtures(), st.sampled_from([0.05, 0.3, 1.0, 2.0]))
 def test_propel_sign_gradients_and_invariances(mixture, sigma):
-  pred, target, order, shift = mixture
-  base, permuted, translated, gradients = in_float64(propel_case, pred, target, order, shift, sigma)
+  pred, target, log_weights, order, shift = mixture
+  base, permuted, translated, gradients = in_float64(propel_case, pred, target, log_weights, order, shift, sigma)
   assert base.dtype == np.float64
   assert (base >= 0).all()
   assert all_finite(gradients)

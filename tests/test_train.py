@@ -74,7 +74,7 @@ def test_configs_have_the_loop_fields(config):
   assert config.task in tasks.available()
 
 
-@pytest.mark.parametrize("loss", ["propel", "mdn"])
+@pytest.mark.parametrize("loss", ["propel", "weighted_propel", "mdn"])
 def test_propel_experiment_runs_a_few_steps(tmp_path, loss):
   metrics = train.train_and_evaluate(tiny_config("propel", loss=loss, num_train_steps=2), str(tmp_path))
   assert 0 <= metrics["ambiguous/mean_error_deg"] <= 180
