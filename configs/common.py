@@ -9,6 +9,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 0  # Initialisation and the training data stream.
   config.num_train_steps = 1000
   config.batch_size = 16  # Global batch, split over all devices.
+  # The models' activations: "float32" or "bfloat16". Parameters, optimizer state, checkpoints, normalisation
+  # statistics and the losses stay float32.
+  config.compute_dtype = "float32"
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"  # "adamw", "adam" or "sgd" (with momentum).

@@ -45,6 +45,16 @@ class Task:
   write_figures: Callable[[PyTree, PyTree, str], list[str]]
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config) -> Any:
+  """The models' activation dtype named by `config.compute_dtype`; parameters and losses stay float32."""
+  if config.compute_dtype not in COMPUTE_DTYPES:
+    raise ConfigError(f"config.compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {config.compute_dtype!r}.")
+  return COMPUTE_DTYPES[config.compute_dtype]
+
+
 def step_key(seed: int, step: jax.Array) -> jax.Array:
   """The PRNG key of the training batch at `step`: resuming at a step replays the same data."""
   return jax.random.fold_in(jax.random.key(seed), step)

@@ -32,7 +32,8 @@ def _sampler(config: ml_collections.ConfigDict):
 
 
 def build(config: ml_collections.ConfigDict) -> Task:
-  unet = UNet(features=tuple(config.model.features), out_channels=1 + config.embedding_dims)
+  unet = UNet(features=tuple(config.model.features), out_channels=1 + config.embedding_dims,
+              dtype=base.compute_dtype(config))
   sample = _sampler(config)
   max_instances = config.data.max_ships
 
@@ -43,7 +44,8 @@ def build(config: ml_collections.ConfigDict) -> Task:
 
   def predict(params, images):
     """`(foreground logits (B, H, W), embeddings Ψ (B, H, W, C))`."""
-    outputs = unet.apply({"params": params}, images - 0.3)
+    # In float32 from here: the coordinates Ψ adds need more than bfloat16's 8 bits at 64 pixels.
+    outputs = unet.apply({"params": params}, images - 0.3).astype(jnp.float32)
     embeddings = losses.semi_convolution(config.embedding_output_scale * outputs[..., 1:], scale=config.image_size / 2)
     return outputs[..., 0], embeddings
 

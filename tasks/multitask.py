@@ -57,7 +57,8 @@ def weighting_from_config(config: ml_collections.ConfigDict) -> losses.LossWeigh
 
 def build(config: ml_collections.ConfigDict) -> Task:
   weighting = weighting_from_config(config)
-  model = UNet(features=tuple(config.model.features), out_channels=1, num_classes=10)
+  model = UNet(features=tuple(config.model.features), out_channels=1, num_classes=10,
+               dtype=base.compute_dtype(config))
   split = digits.load_split()
   sample_train = _sampler(config, jax.tree.map(jnp.asarray, split["train"]))
 
@@ -68,7 +69,8 @@ def build(config: ml_collections.ConfigDict) -> Task:
     return {"model": init_model(rng), "weighting": weighting_params}, weighting_state
 
   def predict(params, images):
-    return model.apply({"params": params["model"]}, images)
+    """`(map logits, class logits)` in float32, so that the cross-entropies' softmax runs in float32."""
+    return jax.tree.map(lambda x: x.astype(jnp.float32), model.apply({"params": params["model"]}, images))
 
   def loss(params, task_state, batch, rng):
     del rng

@@ -90,7 +90,7 @@ def evaluate_structure_tensor(
 def build(config: ml_collections.ConfigDict) -> Task:
   if config.loss not in LOSSES:
     raise base.ConfigError(f"config.loss must be one of {LOSSES}, got {config.loss!r}.")
-  model = UNet(features=tuple(config.model.features), out_channels=2)
+  model = UNet(features=tuple(config.model.features), out_channels=2, dtype=base.compute_dtype(config))
   sample_batch = _sampler(config)
 
   init_model = base.init_on_images(model, (config.image_size, config.image_size, 1))

@@ -83,7 +83,8 @@ def build(config: ml_collections.ConfigDict) -> Task:
   dims = 2
   weighted = config.loss in WEIGHTED_LOSSES
   outputs = dims if config.loss == "mse" else components * (2 * dims + weighted)
-  model = SmallCNN(features=tuple(config.model.features), hidden=config.model.hidden, outputs=outputs)
+  model = SmallCNN(features=tuple(config.model.features), hidden=config.model.hidden, outputs=outputs,
+                   dtype=base.compute_dtype(config))
   train_split = jax.tree.map(jnp.asarray, digits.load_split()["train"])
 
   init_model = base.init_on_images(model, (config.canvas_size, config.canvas_size, 1))
@@ -98,7 +99,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
       return None, raw[:, None, :], None
     raw = raw.reshape(raw.shape[0], components, -1)
     pred = losses.constrain_mixture(raw[..., :2 * dims], min_std=config.min_std)
-    log_weights = jax.nn.log_softmax(raw[..., -1]) if weighted else None
+    log_weights = jax.nn.log_softmax(raw[..., -1].astype(jnp.float32)) if weighted else None  # float32 softmax.
     return pred, pred[..., :dims], log_weights
 
   def point_estimate(pred, means, log_weights):

@@ -115,3 +115,26 @@ def test_other_options_give_finite_losses_and_gradients(config):
   (value, (metrics, _)), grads = grad_fn(params, task_state, batch, jax.random.key(1))
   assert np.isfinite(value) and all(np.isfinite(m) for m in jax.tree.leaves(metrics))
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("experiment", tiny_configs.EXPERIMENTS)
+def test_bfloat16_compute_trains_like_float32_with_float32_state(experiment):
+  losses_by_dtype = {}
+  for dtype in ("float32", "bfloat16"):
+    training = train.build_training(tiny_config(experiment, compute_dtype=dtype))
+    state = training.init()
+    step_losses = []
+    for step in range(3):
+      state, metrics, finite = training.step(state, training.next_batch(0, step))
+      assert all(jax.device_get(finite).values()), (dtype, step)
+      step_losses.append(float(metrics["loss"]))
+    losses_by_dtype[dtype] = step_losses
+    # Parameters and optimizer state (so the checkpoints) stay float32 whatever the compute dtype.
+    for leaf in jax.tree.leaves((state.params, state.opt_state)):
+      assert leaf.dtype in (np.float32, np.int32), (dtype, leaf.dtype)
+  np.testing.assert_allclose(losses_by_dtype["bfloat16"], losses_by_dtype["float32"], rtol=0.05)
+
+
+def test_an_unknown_compute_dtype_is_a_config_error():
+  with pytest.raises(tasks.ConfigError, match="compute_dtype must be one of"):
+    train.build_training(tiny_config(compute_dtype="float16"))
