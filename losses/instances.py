@@ -103,17 +103,12 @@ def semi_conv_loss(
     1.0
   """
   _common.check_reduction(reduction)
-  max_instances = _common.check_int(max_instances, "max_instances", minimum=0)
-  background = _common.check_int(background, "background")
-  labels = _common.check_labels(labels, "labels", max_instances, limit="max_instances")
-  embeddings = _common.check_embeddings(embeddings, "embeddings", labels, "labels")
+  embeddings, labels, max_instances, background = _checked_instance_inputs(
+      embeddings, labels, max_instances, background)
   num_segments = max_instances + 1
 
   def per_image(ids, psi):
-    ids, psi = ids.reshape(-1), psi.reshape(-1, psi.shape[-1])
-    valid = (ids != background) & (ids >= 0) & (ids <= max_instances)
-    ids = jnp.where(valid, ids, background)
-    counts, means = _instance_means(psi, ids, valid, num_segments)
+    ids, psi, valid, counts, means = _image_instances(ids, psi, background, max_instances)
     distances = jnp.where(valid, _safe_norm(psi - means[ids]), 0.0)
     mean_distance = jax.ops.segment_sum(distances, ids, num_segments) / jnp.maximum(counts, 1.0)
     return jnp.sum(mean_distance)
@@ -121,11 +116,27 @@ def semi_conv_loss(
   return _common.reduce_masked(jax.vmap(per_image)(labels, embeddings), None, reduction)
 
 
-def _instance_means(psi: jax.Array, ids: jax.Array, valid: jax.Array, num_segments: int):
-  """Per-segment pixel counts `(K+1,)` and mean embeddings `(K+1, C)` of one image's valid pixels."""
-  counts = jax.ops.segment_sum(valid.astype(psi.dtype), ids, num_segments)
-  sums = jax.ops.segment_sum(jnp.where(valid[:, None], psi, 0.0), ids, num_segments)
-  return counts, sums / jnp.maximum(counts, 1.0)[:, None]
+def _checked_instance_inputs(embeddings, labels, max_instances, background):
+  """The checked `(B, H, W, C)` embeddings, `(B, H, W)` labels and static options of an embedding loss."""
+  max_instances = _common.check_int(max_instances, "max_instances", minimum=0)
+  background = _common.check_int(background, "background")
+  labels = _common.check_labels(labels, "labels", max_instances, limit="max_instances")
+  embeddings = _common.check_embeddings(embeddings, "embeddings", labels, "labels")
+  return embeddings, labels, max_instances, background
+
+
+def _image_instances(ids: jax.Array, psi: jax.Array, background: int, max_instances: int):
+  """One image's pixels as `(H·W,)` segment ids and `(H·W, C)` embeddings, which pixels are in an instance,
+  and the per-segment pixel counts `(K+1,)` and mean embeddings `(K+1, C)` of those pixels.
+
+  Ids out of [0, `max_instances`] (unchecked inside a trace) are read as the background.
+  """
+  ids, psi = ids.reshape(-1), psi.reshape(-1, psi.shape[-1])
+  valid = (ids != background) & (ids >= 0) & (ids <= max_instances)
+  ids = jnp.where(valid, ids, background)
+  counts = jax.ops.segment_sum(valid.astype(psi.dtype), ids, max_instances + 1)
+  sums = jax.ops.segment_sum(jnp.where(valid[:, None], psi, 0.0), ids, max_instances + 1)
+  return ids, psi, valid, counts, sums / jnp.maximum(counts, 1.0)[:, None]
 
 
 def discriminative_loss(
@@ -181,21 +192,16 @@ def discriminative_loss(
     4.0
   """
   _common.check_reduction(reduction)
-  max_instances = _common.check_int(max_instances, "max_instances", minimum=0)
-  background = _common.check_int(background, "background")
   for name, value in (("delta_v", delta_v), ("delta_d", delta_d)):
     _common.check_number(value, name, minimum=0.0)
   for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
     _common.check_number(value, name)
-  labels = _common.check_labels(labels, "labels", max_instances, limit="max_instances")
-  embeddings = _common.check_embeddings(embeddings, "embeddings", labels, "labels")
+  embeddings, labels, max_instances, background = _checked_instance_inputs(
+      embeddings, labels, max_instances, background)
   num_segments = max_instances + 1
 
   def per_image(ids, psi):
-    ids, psi = ids.reshape(-1), psi.reshape(-1, psi.shape[-1])
-    valid = (ids != background) & (ids >= 0) & (ids <= max_instances)
-    ids = jnp.where(valid, ids, background)
-    counts, means = _instance_means(psi, ids, valid, num_segments)
+    ids, psi, valid, counts, means = _image_instances(ids, psi, background, max_instances)
     present = (counts > 0) & (jnp.arange(num_segments) != background)
     num_present = jnp.sum(present)
     pull_per_pixel = jnp.where(valid, jnp.maximum(_safe_norm(psi - means[ids]) - delta_v, 0.0) ** 2, 0.0)
