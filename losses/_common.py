@@ -62,7 +62,7 @@ def host_values(x: Any) -> np.ndarray | None:
   return np.asarray(x)
 
 
-def as_float(x: ArrayLike, name: str) -> ArrayLike:
+def as_float(x: ArrayLike, name: str) -> jax.Array:
   """Returns `x` as a float array of at least float32 precision.
 
   bfloat16/float16 inputs are upcast so that the arithmetic never runs in a
@@ -124,7 +124,7 @@ def check_reduction(reduction: str) -> None:
     raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
 
 
-def reduce_masked(values: ArrayLike, mask: ArrayLike | None, reduction: str) -> ArrayLike:
+def reduce_masked(values: ArrayLike, mask: ArrayLike | None, reduction: str) -> jax.Array:
   """Reduces per-element `values` over the elements where `mask` is set.
 
   `mask` (same shape as `values`, boolean or non-negative weights) zeroes the
@@ -151,7 +151,7 @@ def reduce_masked(values: ArrayLike, mask: ArrayLike | None, reduction: str) -> 
   return total / jnp.maximum(jnp.sum(weights), jnp.finfo(values.dtype).tiny)
 
 
-def check_mixture(pred: ArrayLike, name: str) -> ArrayLike:
+def check_mixture(pred: ArrayLike, name: str) -> jax.Array:
   """A float `(B, I, 2D)` mixture: I ≥ 1 components of D ≥ 1 means then D standard deviations."""
   pred = as_float(pred, name)
   message = shape_message(name, pred.shape, "(B, I, 2D): D means then D standard deviations per component, "
@@ -198,7 +198,7 @@ def check_labels(labels: ArrayLike, name: str, max_id: int | None = None, *, lim
   return labels
 
 
-def check_embeddings(embeddings: ArrayLike, name: str, like: ArrayLike, like_name: str) -> ArrayLike:
+def check_embeddings(embeddings: ArrayLike, name: str, like: ArrayLike, like_name: str) -> jax.Array:
   """Float `(B, H, W, C)` embeddings, C ≥ 1, sharing (B, H, W) with the `(B, H, W)` map `like`."""
   embeddings = as_float(embeddings, name)
   message = shape_message(name, embeddings.shape, "(B, H, W, C) with C >= 1", (like_name, like)) + (
