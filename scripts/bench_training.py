@@ -125,14 +125,18 @@ def _torch_device(torch):
   return torch.device("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
 
 
-def _jax_mse_step(model, optimizer):
+def _jax_mse_step(model, optimizer, mesh):
+  """Jitted `(params, opt_state, images, target) → (params, opt_state, loss)`, the batch sharded as by `train.py`."""
   def step(params, opt_state, images, target):
     def loss(params):
       return jnp.mean(jnp.square(model.apply({"params": params}, images).astype(jnp.float32) - target))
     value, grads = jax.value_and_grad(loss)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, value
-  return jax.jit(step, donate_argnums=(0, 1))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  return jax.jit(step, in_shardings=(replicated, replicated, batch, batch), out_shardings=replicated,
+                 donate_argnums=(0, 1))
 
 
 def _torch_mse_steps(twin, config, batches, num_steps: int, torch):
@@ -196,8 +200,9 @@ def _twin_rows(name: str, num_steps: int):
                          f"{np.abs(twin_output - jax_output).max():.3g}.")
 
   optimizer = train.make_optimizer(config)
-  mse_step = _jax_mse_step(model, optimizer)
-  jax_batches = [tuple(map(jnp.asarray, pair)) for pair in host_batches]
+  mse_step = _jax_mse_step(model, optimizer, training.mesh)
+  batch_sharding = jax.sharding.NamedSharding(training.mesh, jax.sharding.PartitionSpec("data"))
+  jax_batches = [jax.device_put(pair, batch_sharding) for pair in host_batches]
   mse_state = [params, optimizer.init(params)]
   train_state = [training.init()]
 
