@@ -6,8 +6,10 @@ evaluation. The loop owns the optimizer, sharding over devices and hosts,
 checkpointing, logging and the guards that keep a long run safe:
 
 * Restarting the same command resumes from the latest complete checkpoint in
-  `--workdir` and replays the data stream from that step, so a run killed at
-  any moment finishes with the parameters and metrics of an uninterrupted run.
+  `--workdir` and replays the data stream from that step (procedural data are
+  a function of the step; a data set's Grain iterator state is part of the
+  checkpoint), so a run killed at any moment finishes with the parameters and
+  metrics of an uninterrupted run.
   A checkpoint that cannot be read is moved aside and the one before it used.
 * SIGTERM (a preemption notice) saves a checkpoint at the current step and
   exits with status 143.
@@ -30,6 +32,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import flax
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -136,7 +139,9 @@ class Training:
       whether it is finite. A step with any non-finite entry leaves params,
       optimizer and task state unchanged and counts in `skipped_steps`.
     next_batch: `(seed, step) -> batch`, sharded over the devices along the
-      batch axis: each process computes only the part its devices hold.
+      batch axis: each process computes only the part its devices hold. None
+      for a task that reads a data set (`Task.train_loader`); `BatchStream`
+      serves both kinds.
   """
 
   task: tasks.Task
@@ -199,7 +204,42 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
       init=jax.jit(init, out_shardings=replicated),
       step=jax.jit(step, in_shardings=(replicated, batch_sharding), out_shardings=replicated,
                    donate_argnums=0),
-      next_batch=jax.jit(task.train_batch, out_shardings=batch_sharding))
+      next_batch=None if task.train_batch is None else jax.jit(task.train_batch, out_shardings=batch_sharding))
+
+
+class BatchStream:
+  """The global training batches in step order: the task's procedural `train_batch`, or its Grain loader.
+
+  A loader's iterator yields this process's share of each batch; the shares become one global array
+  sharded over the mesh, and the iterator's position is saved with every checkpoint (`save_args`) and
+  restored with it (`restore_args`). The batches of the last two steps are kept for the report of a
+  non-finite step, which is checked one step late.
+  """
+
+  def __init__(self, training: Training, seed: int):
+    self._training, self._seed = training, seed
+    self._sharding = jax.sharding.NamedSharding(training.mesh, jax.sharding.PartitionSpec("data"))
+    loader = training.task.train_loader
+    self._iterator = None if loader is None else loader(seed, jax.process_index(), jax.process_count())
+    self._recent = {}
+
+  def next(self, step: int):
+    """The batch of `step` (0-based). A loader's batches come in order from where it was restored."""
+    if self._iterator is None:
+      batch = self._training.next_batch(self._seed, step)
+    else:
+      batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._sharding, x), next(self._iterator))
+    self._recent = {s: b for s, b in self._recent.items() if s == step - 1} | {step: batch}
+    return batch
+
+  def recent(self, step: int):
+    return self._recent[step]
+
+  def save_args(self) -> dict[str, Any]:
+    return {} if self._iterator is None else {"data": grain.checkpoint.CheckpointSave(self._iterator)}
+
+  def restore_args(self) -> dict[str, Any]:
+    return {} if self._iterator is None else {"data": grain.checkpoint.CheckpointRestore(self._iterator)}
 
 
 class MetricWriter:
@@ -252,12 +292,19 @@ class MetricWriter:
         self._tensorboard.close()
 
 
-def restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState, workdir: str) -> TrainState:
-  """The newest readable checkpoint; unreadable ones are moved to `<workdir>/broken_checkpoints/`."""
+def restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState, workdir: str,
+                   stream: BatchStream | None = None) -> TrainState:
+  """The state of the newest readable checkpoint, and `stream` moved to its step.
+
+  Unreadable checkpoints are moved to `<workdir>/broken_checkpoints/`; with none left, `state` is
+  returned and `stream` stays at its start.
+  """
   abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  data_args = {} if stream is None else stream.restore_args()
   for step in sorted(checkpoints.all_steps(), reverse=True):
     try:
-      restored = checkpoints.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      restored = checkpoints.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), **data_args))["state"]
     except Exception as error:  # noqa: BLE001 (any failure to read means: use an older one)
       logging.warning("Checkpoint at step %d cannot be read (%s: %s); trying the one before it.",
                       step, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
@@ -270,6 +317,30 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState, workdi
     logging.info("Resumed from the checkpoint at step %d.", step)
     return restored
   return state
+
+
+def latest_params(workdir: str) -> tuple[int, Any]:
+  """`(step, params)` of the newest checkpoint in `workdir`, on this process's first device.
+
+  For tools that read a finished run; whichever devices wrote it, nothing but its files is needed.
+  """
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  step = manager.latest_step()
+  manager.close()
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata)
+  return step, checkpointer.restore(path, target)["params"]
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config of the run in `workdir`, as `train_and_evaluate` wrote it to `config.json`."""
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 class _PreemptionNotice:
@@ -305,8 +376,8 @@ def _statistics(tree) -> dict[str, dict[str, Any]]:
   return {jax.tree_util.keystr(path): describe(x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _report_nonfinite(training: Training, config, workdir: str, step: int, metrics, finite, last_checkpoint):
-  """Writes the statistics of the batch of `step` and raises `NonFiniteError`."""
+def _report_nonfinite(batch, workdir: str, step: int, metrics, finite, last_checkpoint):
+  """Writes the statistics of `batch`, the batch of `step`, and raises `NonFiniteError`."""
   bad = [name for name, ok in jax.device_get(finite).items() if not ok]
   grads = [name for name in bad if name.startswith("grad[")]
   terms = [name for name in bad if name not in grads]
@@ -315,9 +386,8 @@ def _report_nonfinite(training: Training, config, workdir: str, step: int, metri
                  f"(first {grads[0]})")
   path = os.path.join(workdir, f"nonfinite_step_{step}.json")
   if jax.process_index() == 0:
-    batch = jax.device_get(training.next_batch(config.seed, step - 1))
     report = {"step": step, "nonfinite": bad, "metrics": jax.tree.map(float, jax.device_get(metrics)),
-              "batch": _statistics(batch)}
+              "batch": _statistics(jax.device_get(batch))}
     with open(path, "w", encoding="utf-8") as f:
       json.dump(report, f, indent=1)
   raise NonFiniteError(
@@ -386,7 +456,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       os.path.join(workdir, "checkpoints"),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep,
                                            cleanup_tmp_directories=True))
-  state = restore_latest(checkpoints, training.init(), workdir)
+  if jax.process_index() == 0:  # What the run was, for the tools that read it later (scripts/).
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=1))
+  stream = BatchStream(training, config.seed)
+  state = restore_latest(checkpoints, training.init(), workdir, stream)
   first_step, last_step = int(state.step), config.num_train_steps
   last_checkpoint = first_step
   writer = MetricWriter(workdir, resume_step=first_step, tensorboard=config.tensorboard)
@@ -396,13 +470,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
   def save(step):
     nonlocal last_checkpoint
-    checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
+    checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), **stream.save_args()),
+                     force=True)
     last_checkpoint = step
 
   def check(step, metrics, finite):
     if config.on_nonfinite == "stop" and not all(jax.device_get(finite).values()):
       checkpoints.wait_until_finished()
-      _report_nonfinite(training, config, workdir, step, metrics, finite, last_checkpoint)
+      _report_nonfinite(stream.recent(step - 1), workdir, step, metrics, finite, last_checkpoint)
 
   def log(step, pending):
     values = jax.device_get([(m, f) for _, m, f in pending])
@@ -420,7 +495,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       bar = progress.add_task("train", total=last_step, completed=first_step, loss=float("nan"), rate=0.0)
       for step in range(first_step + 1, last_step + 1):
         with profiler.step(step):
-          state, metrics, finite = training.step(state, training.next_batch(config.seed, step - 1))
+          state, metrics, finite = training.step(state, stream.next(step - 1))
         profiler.after(step, metrics)
         if pending:  # Checked one step late, so that the host keeps dispatching ahead of the devices.
           check(*pending[-1])

@@ -1,6 +1,11 @@
-"""Ship instance segmentation with semi-convolutional embeddings (Novotny et al., ECCV 2018).
+"""Ship instance segmentation with embedding losses: semi-convolutional (Novotny et al., ECCV 2018) and peers.
 
     python train.py --config=configs/instances.py --workdir=/tmp/instances
+    python train.py --config=configs/instances.py --config.method=discriminative --workdir=/tmp/discriminative
+    python train.py --config=configs/instances.py:airbus --config.data_dir=/data/airbus --workdir=/tmp/airbus
+
+The default trains on the synthetic scenes of `data/ships.py`; the "airbus" variant reads Kaggle's
+Airbus Ship Detection layout (`train_v2/*.jpg` and `train_ship_segmentations_v2.csv`) in `data_dir`.
 """
 
 import ml_collections
@@ -8,14 +13,18 @@ import ml_collections
 from configs import common
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  """`variant`: "" for the synthetic scenes on the 2-core CPU, "airbus" for Kaggle's data in `data_dir`."""
   config = common.base_config()
   config.task = "instances"
+  config.method = "semi_conv"  # The embedding loss: "semi_conv" or "discriminative".
+  config.data_source = "synthetic"  # "synthetic" (data/ships.py) or "airbus" (Kaggle's layout in data_dir).
   config.image_size = 64
   # Keyword arguments of data.ships.sample_scene (besides the size).
   config.data = ml_collections.ConfigDict(dict(
-      max_ships=6, max_group=3, harbour_probability=0.5, ship_probability=0.5, min_length=12.0,
-      max_length=24.0, min_width=4.0, max_width=6.0))
+      max_ships=6, max_group=3, harbour_probability=0.6, distinguishable_probability=0.5, ship_probability=0.5,
+      min_length=12.0, max_length=24.0, min_width=4.0, max_width=6.0))
+  config.max_instances = config.data.get_ref("max_ships")  # The largest instance id the losses see.
 
   config.embedding_dims = 2  # C: the semi-convolutional operator uses the first two.
   config.embedding_output_scale = 10.0  # Φ = this × the network output, so Φ is in pixels at init.
@@ -36,4 +45,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.learning_rate = 3e-3
   config.eval_every_steps = 550
   config.checkpoint_every_steps = 550
+
+  config.data_dir = ""  # The Kaggle layout, for data_source="airbus".
+  config.airbus = ml_collections.ConfigDict()
+  config.airbus.crop_size = 0  # A random crop of the resized image (0: the whole image), per example.
+  config.airbus.validation_fraction = 0.1  # Held out by image id, with split_seed.
+  config.airbus.split_seed = 0
+  config.airbus.num_threads = 8  # Grain's JPEG-decoding threads.
+  if variant == "airbus":
+    config.data_source = "airbus"
+    config.data = ml_collections.ConfigDict()
+    config.max_instances = 16  # Airbus images hold at most 15 ships.
+    config.image_size = 256  # 768×768 images resized to this; scored at 768×768.
+    config.embedding_output_scale = 40.0
+    config.extraction.max_instances = 24
+    config.extraction.distance = 4.0
+    config.eval.num_examples = 512  # The first validation images.
+    config.eval.batch_size = 16
+    config.eval_every_steps = config.checkpoint_every_steps = 1000
+    config.num_train_steps = 20000
+  elif variant:
+    raise ValueError(f"Unknown instances config variant {variant!r}; use '' or 'airbus'.")
   return config

@@ -8,15 +8,27 @@ Fortran order. The widely copied decoders that reshape row-major and transpose a
 square images; here the order is explicit, and the tests use non-square masks.
 
 Everything is vectorised with NumPy: no Python loop over pixels or runs.
+
+The training stream is a Grain `MapDataset` over `AirbusShips` (`training_batches`): shuffled by a
+fixed seed and reshuffled each epoch, sharded by process before batching, so that the batch of a step
+depends only on (seed, step, process) and a `grain.DatasetIterator` over it checkpoints and resumes
+exactly.
 """
 
 import collections
+from collections.abc import Sequence
+import concurrent.futures
 import csv
 import os
 
+import grain
 import numpy as np
+from PIL import Image
 
 CSV_COLUMNS = ("ImageId", "EncodedPixels")
+TRAIN_IMAGES = "train_v2"
+SEGMENTATIONS_CSV = "train_ship_segmentations_v2.csv"
+IMAGE_SHAPE = (768, 768)  # Every Airbus image; Kaggle scores the masks at this size.
 
 
 def rle_encode(mask: np.ndarray) -> str:
@@ -131,3 +143,157 @@ def submission_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]]:
   if ids.size == 0:
     return [(image_id, "")]
   return [(image_id, rle_encode(labels == instance)) for instance in ids]
+
+
+def read_layout(data_dir: str) -> dict[str, list[str]]:
+  """The segmentations of a directory in Kaggle's layout, after checking that every image is there.
+
+  Raises:
+    FileNotFoundError: in one line, for a missing directory, a missing CSV, or images named in the CSV
+      but absent from `train_v2/` (the first few and how many).
+    ValueError: for a CSV without the columns `ImageId,EncodedPixels`.
+  """
+  images = os.path.join(data_dir, TRAIN_IMAGES)
+  for path in (data_dir, images):
+    if not os.path.isdir(path):
+      raise FileNotFoundError(
+          f"No directory {path}; the Kaggle layout is {TRAIN_IMAGES}/*.jpg and {SEGMENTATIONS_CSV}.")
+  segmentations = read_segmentations(os.path.join(data_dir, SEGMENTATIONS_CSV))
+  missing = sorted(set(segmentations) - set(os.listdir(images)))
+  if missing:
+    raise FileNotFoundError(f"{len(missing)} images named in {SEGMENTATIONS_CSV} are not in {images}: "
+                            f"{', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}.")
+  return segmentations
+
+
+def _check_decodes(path: str) -> str | None:
+  """None if the JPEG at `path` decodes, else why not (decoded at 1/8 scale: the whole stream, cheaply)."""
+  try:
+    with Image.open(path) as image:
+      image.draft("RGB", (image.width // 8, image.height // 8))
+      image.load()
+  except (OSError, SyntaxError, ValueError) as error:
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'cannot decode'}"
+  return None
+
+
+def check_images(paths: Sequence[str], *, num_threads: int = 8) -> None:
+  """Decodes every JPEG in `paths` once, so that a damaged file stops a run before training starts.
+
+  Raises:
+    ValueError: in one line, naming the first unreadable image and how many there are.
+  """
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:  # Pillow decodes without the GIL.
+    problems = [(path, problem) for path, problem in zip(paths, pool.map(_check_decodes, paths)) if problem]
+  if problems:
+    path, problem = problems[0]
+    raise ValueError(f"{len(problems)} unreadable image{'s' if len(problems) > 1 else ''}, the first {path} "
+                     f"({problem}).")
+
+
+def split_image_ids(image_ids: Sequence[str], *, validation_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+  """`(train ids, validation ids)`: a permutation of the sorted ids by `seed`, the first fraction held out.
+
+  The split depends only on the set of ids and the seed, not on the order of the CSV's rows.
+
+  Examples:
+    >>> train, validation = split_image_ids([f"{i}.jpg" for i in range(10)], validation_fraction=0.2, seed=0)
+    >>> len(train), len(validation), sorted(train + validation) == sorted(f"{i}.jpg" for i in range(10))
+    (8, 2, True)
+  """
+  if not 0.0 < validation_fraction < 1.0:
+    raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}.")
+  ids = sorted(image_ids)
+  order = np.random.default_rng(seed).permutation(len(ids))
+  num_validation = max(1, round(validation_fraction * len(ids)))
+  return [ids[i] for i in order[num_validation:]], [ids[i] for i in order[:num_validation]]
+
+
+def load_image(path: str, size: int) -> np.ndarray:
+  """The RGB image at `path` as float32 `(size, size, 3)` in [0, 1], resized with Pillow's bilinear filter."""
+  with Image.open(path) as image:
+    image = image.convert("RGB")
+    if image.size != (size, size):
+      image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, np.float32) / 255.0
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+  """An int32 label map resized to `shape` by nearest neighbour (ids are never blended).
+
+  Examples:
+    >>> resize_labels(np.array([[0, 1], [2, 0]]), (4, 4))
+    array([[0, 0, 1, 1],
+           [0, 0, 1, 1],
+           [2, 2, 0, 0],
+           [2, 2, 0, 0]], dtype=int32)
+  """
+  labels = np.asarray(labels, np.int32)
+  rows = (np.arange(shape[0]) * labels.shape[0]) // shape[0]
+  columns = (np.arange(shape[1]) * labels.shape[1]) // shape[1]
+  return labels[rows[:, None], columns[None, :]]
+
+
+class AirbusShips:
+  """A Grain random-access source of Airbus images and their ship instance labels, resized to a model's size.
+
+  Element `i` is `{"image": (size, size, 3) float32 in [0, 1], "labels": (size, size) int32}` of
+  `image_ids[i]`: 0 sea, ship k of the image (in CSV order) is k. Ships that the resize shrinks below a
+  pixel disappear from the labels, as they would from the model's view.
+  """
+
+  def __init__(self, image_dir: str, segmentations: dict[str, list[str]], image_ids: Sequence[str], *, size: int):
+    self._image_dir, self._segmentations, self._ids, self._size = image_dir, segmentations, list(image_ids), size
+
+  def __len__(self) -> int:
+    return len(self._ids)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    image_id = self._ids[index]
+    labels = instance_labels(self._segmentations[image_id], IMAGE_SHAPE, image_id)
+    return {"image": load_image(os.path.join(self._image_dir, image_id), self._size),
+            "labels": resize_labels(labels, (self._size, self._size))}
+
+  def __repr__(self) -> str:  # Grain names the source in its logs and errors.
+    return f"AirbusShips({self._image_dir!r}, {len(self._ids)} images, size={self._size})"
+
+
+def _random_crop(size: int):
+  def crop(element: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    height, width = element["labels"].shape
+    top, left = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
+    return {name: value[top:top + size, left:left + size] for name, value in element.items()}
+  return crop
+
+
+def training_batches(source, *, seed: int, batch_size: int, process_index: int = 0, process_count: int = 1,
+                     crop_size: int = 0) -> grain.MapDataset:
+  """The infinite stream of this process's training batches over `source`, as a Grain `MapDataset`.
+
+  Each process takes every `process_count`-th element of `source` (from `process_index`), shuffles its
+  share by `seed` (a new order each epoch), optionally takes a random `crop_size` crop of each element
+  (seeded per element, so it is the same on every read), and batches `batch_size` elements, dropping none:
+  the stream repeats. Element `step` of the result is the batch of that step, so the stream is a pure
+  function of (seed, step, process); `.to_iter_dataset()` gives the iterator that checkpoints.
+
+  Examples:
+    >>> source = [{"x": np.array(i)} for i in range(5)]
+    >>> batches = training_batches(source, seed=0, batch_size=2)
+    >>> again = training_batches(source, seed=0, batch_size=2)
+    >>> all((batches[step]["x"] == again[step]["x"]).all() for step in range(6))  # the same at every step
+    True
+    >>> iterator = iter(batches.to_iter_dataset())
+    >>> bool((next(iterator)["x"] == batches[0]["x"]).all())
+    True
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}.")
+  dataset = grain.MapDataset.source(source)[process_index::process_count]
+  if len(dataset) == 0:
+    raise ValueError(f"Process {process_index} of {process_count} has no training images.")
+  dataset = dataset.seed(seed).shuffle().repeat()
+  if crop_size:
+    dataset = dataset.random_map(_random_crop(crop_size))
+  return dataset.batch(batch_size, drop_remainder=True)

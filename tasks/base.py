@@ -30,19 +30,30 @@ class Task:
       the global batch for a step: a dict of arrays with a leading batch axis
       of `config.batch_size`. The loop shards it over the devices, and
       resuming at a step replays exactly the batches of an uninterrupted run.
+      None for a task that reads a data set through `train_loader`.
     loss: `(params, task_state, batch, rng) -> (loss, (metrics, task_state))`,
       pure and jittable; `loss` is the scalar that is differentiated and
       `metrics` a flat dict of scalars to log.
     evaluate: `(params, task_state) -> dict[str, float]` on the task's fixed
       held-out set.
     write_figures: `(params, task_state, workdir) -> list of written paths`.
+    train_loader: for a task that reads a data set instead of `train_batch`:
+      `(seed, process_index, process_count) -> grain.DatasetIterator` over this
+      process's share of each step's batch (`config.batch_size /
+      process_count` examples, NumPy arrays), one element per step in order.
+      The loop puts its state in every checkpoint and restores it on resume.
   """
 
   init: Callable[[jax.Array], tuple[PyTree, PyTree]]
-  train_batch: Callable[[jax.Array, jax.Array], dict[str, jax.Array]]
+  train_batch: Callable[[jax.Array, jax.Array], dict[str, jax.Array]] | None
   loss: Callable[[PyTree, PyTree, dict[str, jax.Array], jax.Array], tuple[jax.Array, tuple[Metrics, PyTree]]]
   evaluate: Callable[[PyTree, PyTree], dict[str, float]]
   write_figures: Callable[[PyTree, PyTree, str], list[str]]
+  train_loader: Callable[[int, int, int], Any] | None = None
+
+  def __post_init__(self):
+    if (self.train_batch is None) == (self.train_loader is None):
+      raise ValueError("A task supplies exactly one of train_batch (procedural data) and train_loader (a data set).")
 
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

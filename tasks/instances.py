@@ -1,123 +1,287 @@
-"""Ship instance segmentation with semi-convolutional embeddings, scored with the Airbus F2 metric.
+"""Ship instance segmentation with embedding losses, scored with the Airbus F2 metric.
 
-A U-Net maps a synthetic scene (`data.ships`) to one foreground logit and C
-embedding channels Φ; `losses.semi_convolution` adds the pixel coordinates,
-Ψ = Φ + s·(x, y) with s = half the image size, so Ψ is in pixels and each
-pixel can learn to point at its ship's centre. The loss is the foreground
-binary cross-entropy plus `config.embedding_weight` times
-`losses.semi_conv_loss`. Instances are extracted with
-`losses.extract_instances`; the baseline labels the connected components of
-the same predicted foreground. Both are scored with `losses.f2_iou_score`
-on a fixed held-out set, overall and on the scenes with touching ships.
+A U-Net maps an image to one foreground logit and the channels of an
+instance embedding, trained with the foreground binary cross-entropy plus
+`config.embedding_weight` times the loss that `config.method` names:
+
+* "semi_conv": Novotny et al.'s semi-convolutional loss. `losses.semi_convolution`
+  adds the pixel coordinates, Ψ = Φ + s·(x, y) with s = half the image size,
+  so Ψ is in pixels and each pixel can learn to point at its ship's centre;
+  instances come from `losses.extract_instances`.
+* "discriminative": De Brabandere et al.'s pull/push loss on plain
+  (translation-invariant) embeddings, extracted the same way with a radius
+  between δ_v and 2δ_d − δ_v.
+
+The baseline labels the connected components of the same predicted
+foreground. Every method is scored with `losses.f2_iou_score`.
+
+The data (`config.data_source`) are either the synthetic scenes of
+`data.ships` (jitted functions of the step), evaluated on a fixed held-out
+draw overall and on its splits (touching ships that can or cannot be told
+apart in the image, and the other scenes); or Kaggle's Airbus layout in
+`config.data_dir` (options in `config.airbus`), read with Grain (`data.airbus`) and evaluated on the
+validation images at the original 768×768, with the predicted labels
+upsampled, as Kaggle scores them.
 """
 
+from collections.abc import Callable
+import dataclasses
 import functools
+import os
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
+from data import airbus
 from data import ships
 import losses
 from models import UNet
 from tasks import base
+from tasks.base import ConfigError
 from tasks.base import Task
 
-
-def _sampler(config: ml_collections.ConfigDict):
-  sample = functools.partial(ships.sample_scene, size=config.image_size, **config.data)
-  return lambda key, num: jax.vmap(sample)(jax.random.split(key, num))
+METHODS = ("semi_conv", "discriminative")
 
 
-def build(config: ml_collections.ConfigDict) -> Task:
-  unet = UNet(features=tuple(config.model.features), out_channels=1 + config.embedding_dims,
+@dataclasses.dataclass(frozen=True)
+class _Method:
+  """How one embedding loss reads the U-Net's output channels after the foreground logit."""
+
+  num_channels: int
+  embed: Callable[[jax.Array], jax.Array]  # `(B, H, W, num_channels)` outputs -> what the loss and extraction read.
+  loss: Callable[[jax.Array, jax.Array], jax.Array]  # `(embedding, labels) -> scalar`.
+  extract: Callable[[jax.Array, jax.Array], jax.Array]  # `(foreground probability, embedding) -> labels`.
+
+
+def _method(config: ml_collections.ConfigDict, image_size: int) -> _Method:
+  max_instances = config.max_instances
+  extract = functools.partial(losses.extract_instances, max_instances=config.extraction.max_instances,
+                              distance=config.extraction.distance)
+  if config.method == "semi_conv":
+    return _Method(
+        num_channels=config.embedding_dims,
+        embed=lambda outputs: losses.semi_convolution(config.embedding_output_scale * outputs,
+                                                      scale=image_size / 2),
+        loss=functools.partial(losses.semi_conv_loss, max_instances=max_instances),
+        extract=extract)
+  if config.method == "discriminative":
+    return _Method(num_channels=config.embedding_dims, embed=lambda outputs: outputs,
+                   loss=functools.partial(losses.discriminative_loss, max_instances=max_instances), extract=extract)
+  raise ConfigError(f"config.method must be one of {METHODS}, got {config.method!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Model:
+  method: _Method
+  init: Callable[[jax.Array], dict]  # `rng -> params`.
+  predict: Callable[[dict, jax.Array], tuple[jax.Array, jax.Array]]  # `(foreground logits, embedding)`.
+  segment: Callable[[dict, jax.Array], tuple[jax.Array, jax.Array]]  # `(instances, connected components)`.
+
+
+def _model(config: ml_collections.ConfigDict) -> _Model:
+  if config.data_source not in ("synthetic", "airbus"):
+    raise ConfigError(f"config.data_source must be 'synthetic' or 'airbus', got {config.data_source!r}.")
+  synthetic = config.data_source == "synthetic"
+  method = _method(config, config.image_size if synthetic else config.airbus.crop_size or config.image_size)
+  unet = UNet(features=tuple(config.model.features), out_channels=1 + method.num_channels,
               dtype=base.compute_dtype(config))
-  sample = _sampler(config)
-  max_instances = config.data.max_ships
-
-  init_unet = base.init_on_images(unet, (config.image_size, config.image_size, 1))
-
-  def init(rng):
-    return init_unet(rng), {}
 
   def predict(params, images):
-    """`(foreground logits (B, H, W), embeddings Ψ (B, H, W, C))`."""
     # In float32 from here: the coordinates Ψ adds need more than bfloat16's 8 bits at 64 pixels.
     outputs = unet.apply({"params": params}, images - 0.3).astype(jnp.float32)
-    embeddings = losses.semi_convolution(config.embedding_output_scale * outputs[..., 1:], scale=config.image_size / 2)
-    return outputs[..., 0], embeddings
-
-  def loss(params, task_state, batch, rng):
-    del rng
-    logits, embeddings = predict(params, batch["image"])
-    foreground = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, (batch["labels"] > 0).astype(jnp.float32)))
-    embedding = losses.semi_conv_loss(embeddings, batch["labels"], max_instances=max_instances)
-    metrics = {"foreground_loss": foreground, "embedding_loss": embedding}
-    return foreground + config.embedding_weight * embedding, (metrics, task_state)
+    return outputs[..., 0], method.embed(outputs[..., 1:])
 
   @jax.jit
   def segment(params, images):
-    logits, embeddings = predict(params, images)
+    logits, embedding = predict(params, images)
     probability = jax.nn.sigmoid(logits)
-    instances = losses.extract_instances(probability, embeddings, max_instances=config.extraction.max_instances,
-                                         distance=config.extraction.distance)
-    return instances, losses.connected_components(probability > 0.5)
+    return method.extract(probability, embedding), losses.connected_components(probability > 0.5)
+
+  image_shape = (config.image_size, config.image_size, 1 if synthetic else 3)
+  return _Model(method=method, init=base.init_on_images(unet, image_shape), predict=predict, segment=segment)
+
+
+def segmenter(config: ml_collections.ConfigDict) -> Callable[[dict, np.ndarray], np.ndarray]:
+  """`(params, images) -> instance labels` of a run's model, for images as its data source gives them.
+
+  `images` are `(B, config.image_size, config.image_size, channels)` floats in [0, 1]; the labels are
+  `(B, config.image_size, config.image_size)` int32, 0 for the sea. Nothing of the data is read.
+  """
+  segment = _model(config).segment
+  return lambda params, images: np.asarray(segment(params, images)[0])
+
+
+def build(config: ml_collections.ConfigDict) -> Task:
+  model = _model(config)
+  method, predict, segment = model.method, model.predict, model.segment
+
+  def init(rng):
+    return model.init(rng), {}
+
+  def loss(params, task_state, batch, rng):
+    del rng
+    logits, embedding = predict(params, batch["image"])
+    foreground = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, (batch["labels"] > 0).astype(jnp.float32)))
+    embedding_loss = method.loss(embedding, batch["labels"])
+    metrics = {"foreground_loss": foreground, "embedding_loss": embedding_loss}
+    return foreground + config.embedding_weight * embedding_loss, (metrics, task_state)
 
   # Under jit the objects beyond `max_instances` (specks of a noisy foreground) merge instead of raising.
   score = jax.jit(functools.partial(losses.f2_iou_score, reduction="none", max_instances=config.eval.max_instances))
-
-  @functools.cache
-  def test_set():
-    return jax.jit(sample, static_argnums=1)(jax.random.key(config.eval.seed), config.eval.num_examples)
+  names = (config.method, "connected_components")
+  data = (_synthetic if config.data_source == "synthetic" else _airbus)(config)
 
   def evaluate(params, task_state):
     del task_state
-    scenes = test_set()
-    predictions = dict(zip(("semi_conv", "connected_components"),
-                           base.map_in_chunks(segment, params, scenes["image"], config.eval.batch_size)))
-    touching = np.asarray(scenes["touching"])
+    scores = {name: [] for name in names}
+    for images, true_labels in data.evaluation_batches():
+      predictions = segment(params, images)
+      for name, labels in zip(names, predictions):
+        scores[name].append(np.asarray(score(data.at_scoring_size(labels), true_labels)))
     metrics = {}
-    for name, labels in predictions.items():
-      scores = np.asarray(score(labels, scenes["labels"]))
-      metrics.update({f"f2_{name}": float(scores.mean()), f"touching/f2_{name}": float(scores[touching].mean()),
-                      f"separate/f2_{name}": float(scores[~touching].mean())})
+    for name in names:
+      per_image = np.concatenate(scores[name])
+      metrics[f"f2_{name}"] = float(per_image.mean())
+      for split, members in data.splits.items():
+        metrics[f"{split}/f2_{name}"] = float(per_image[members].mean()) if members.any() else float("nan")
     return metrics
 
   def write_figures(params, task_state, workdir):
     del task_state
-    scenes = jax.tree.map(lambda x: x[:6], test_set())
-    instances, components = segment(params, scenes["image"])
-    draw = functools.partial(_plot_instances, scenes, instances, components)
+    images, true_labels = next(iter(data.evaluation_batches()))
+    images, true_labels = images[:6], np.asarray(data.at_scoring_size(np.asarray(true_labels[:6])))
+    instances, components = (np.asarray(data.at_scoring_size(p)) for p in segment(params, images))
+    draw = functools.partial(_plot_instances, data.display(images), true_labels, instances, components,
+                             data.describe(6), config.method)
     return base.write_figure(workdir, "instances.png", draw)
 
-  return Task(init=init, train_batch=base.sampled_batches(sample, config.batch_size), loss=loss, evaluate=evaluate,
-              write_figures=write_figures)
+  return Task(init=init, train_batch=data.train_batch, train_loader=data.train_loader, loss=loss,
+              evaluate=evaluate, write_figures=write_figures)
 
 
-def _plot_instances(scenes, instances, components, path: str) -> None:
-  """One row per scene: the image, true instances, semi-convolutional instances, connected components."""
+@dataclasses.dataclass(frozen=True)
+class _Data:
+  """Training data and the held-out set of one source, as the task reads them.
+
+  Attributes:
+    train_batch: procedural `(seed, step) -> batch`, or None.
+    train_loader: Grain `(seed, process_index, process_count) -> iterator`, or None.
+    evaluation_batches: `() -> iterable of (images, true labels at the scoring size)`, in a fixed order.
+    at_scoring_size: predicted `(B, h, w)` labels -> labels at the size the true labels are scored at.
+    splits: `{split name: boolean (num held-out images,)}` of the subsets reported besides "all".
+    display: images -> `(B, H, W)` or `(B, H, W, 3)` arrays for the figure.
+    describe: `n -> titles` of the first n held-out images.
+  """
+
+  train_batch: Callable | None
+  train_loader: Callable | None
+  evaluation_batches: Callable
+  at_scoring_size: Callable
+  splits: dict[str, np.ndarray]
+  display: Callable
+  describe: Callable[[int], list[str]]
+
+
+def _synthetic(config: ml_collections.ConfigDict) -> _Data:
+  sample_one = functools.partial(ships.sample_scene, size=config.image_size, **config.data)
+  sample = lambda key, num: jax.vmap(sample_one)(jax.random.split(key, num))
+  scenes = jax.jit(sample, static_argnums=1)(jax.random.key(config.eval.seed), config.eval.num_examples)
+  touching, distinguishable = np.asarray(scenes["touching"]), np.asarray(scenes["distinguishable"])
+
+  def evaluation_batches():
+    for i in range(0, config.eval.num_examples, config.eval.batch_size):
+      yield scenes["image"][i:i + config.eval.batch_size], scenes["labels"][i:i + config.eval.batch_size]
+
+  def describe(n):
+    return [("touching, distinguishable" if distinguishable[i] else "touching, identical") if touching[i]
+            else "scene" for i in range(n)]
+
+  return _Data(
+      train_batch=base.sampled_batches(sample, config.batch_size), train_loader=None,
+      evaluation_batches=evaluation_batches, at_scoring_size=lambda labels: labels,
+      splits={"distinguishable": touching & distinguishable, "indistinguishable": touching & ~distinguishable,
+              "separate": ~touching},
+      display=lambda images: np.asarray(images[..., 0]), describe=describe)
+
+
+def _airbus(config: ml_collections.ConfigDict) -> _Data:
+  """The Kaggle layout in `config.data_dir`, checked in full before anything is compiled."""
+  if not config.data_dir:
+    raise ConfigError("config.data_source='airbus' needs --config.data_dir=DIR, the directory of the Kaggle layout.")
+  try:
+    segmentations = airbus.read_layout(config.data_dir)
+    image_dir = os.path.join(config.data_dir, airbus.TRAIN_IMAGES)
+    airbus.check_images([os.path.join(image_dir, image_id) for image_id in segmentations],
+                        num_threads=config.airbus.num_threads)
+    train_ids, validation_ids = airbus.split_image_ids(
+        list(segmentations), validation_fraction=config.airbus.validation_fraction, seed=config.airbus.split_seed)
+  except (FileNotFoundError, ValueError) as error:
+    raise ConfigError(str(error)) from None
+  most_ships = max(len(segmentations[i]) for i in segmentations)
+  if most_ships > config.max_instances:
+    raise ConfigError(f"An image in {config.data_dir} has {most_ships} ships, more than config.max_instances="
+                      f"{config.max_instances}.")
+  validation_ids = validation_ids[:config.eval.num_examples]
+  source = airbus.AirbusShips(image_dir, segmentations, train_ids, size=config.image_size)
+
+  def train_loader(seed, process_index, process_count):
+    batches = airbus.training_batches(source, seed=seed, batch_size=config.batch_size // process_count,
+                                      process_index=process_index, process_count=process_count,
+                                      crop_size=config.airbus.crop_size)
+    options = grain.ReadOptions(num_threads=config.airbus.num_threads, prefetch_buffer_size=2)
+    return iter(batches.to_iter_dataset(options))
+
+  @functools.cache
+  def validation_labels():  # At Kaggle's 768×768.
+    return np.stack([airbus.instance_labels(segmentations[i], airbus.IMAGE_SHAPE, i) for i in validation_ids])
+
+  def evaluation_batches():
+    for i in range(0, len(validation_ids), config.eval.batch_size):
+      ids = validation_ids[i:i + config.eval.batch_size]
+      images = np.stack([airbus.load_image(os.path.join(image_dir, image_id), config.image_size) for image_id in ids])
+      yield images, validation_labels()[i:i + len(ids)]
+
+  def at_scoring_size(labels):
+    return np.stack([airbus.resize_labels(image, airbus.IMAGE_SHAPE) for image in np.asarray(labels)])
+
+  return _Data(train_batch=None, train_loader=train_loader, evaluation_batches=evaluation_batches,
+               at_scoring_size=at_scoring_size, splits={}, display=np.asarray,
+               describe=lambda n: validation_ids[:n])
+
+
+def _plot_instances(images, true_labels, instances, components, titles, method, path: str) -> None:
+  """One row per image: the image, true instances, the method's instances, connected components."""
   plt = base.pyplot()
 
+  def show(axis, image):
+    if image.ndim == 2:
+      axis.imshow(image, cmap="gray")
+    else:
+      axis.imshow(image)
+
   def overlay(axis, image, labels, title):
-    axis.imshow(image, cmap="gray")
+    show(axis, image)
     labels = np.asarray(labels)
     _, compact = np.unique(labels, return_inverse=True)
     compact = compact.reshape(labels.shape)
-    axis.imshow(np.ma.array(compact % 10, mask=labels == 0), cmap="tab10", vmin=0, vmax=9, alpha=0.6)
+    axis.imshow(np.ma.array(compact % 10, mask=labels == 0), cmap="tab10", vmin=0, vmax=9, alpha=0.6,
+                extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
     axis.set_title(f"{title} ({len(np.unique(labels[labels > 0]))})")
     axis.axis("off")
 
   rows = len(instances)
   figure, axes = plt.subplots(rows, 4, figsize=(12, 3 * rows), squeeze=False)
   for row in range(rows):
-    image = np.asarray(scenes["image"][row, ..., 0])
-    axes[row, 0].imshow(image, cmap="gray")
-    axes[row, 0].set_title("scene" + (" (touching ships)" if scenes["touching"][row] else ""))
+    image = images[row]
+    show(axes[row, 0], image)
+    axes[row, 0].set_title(titles[row])
     axes[row, 0].axis("off")
-    overlay(axes[row, 1], image, scenes["labels"][row], "true ships")
-    overlay(axes[row, 2], image, instances[row], "semi-convolutional")
+    overlay(axes[row, 1], image, true_labels[row], "true ships")
+    overlay(axes[row, 2], image, instances[row], method)
     overlay(axes[row, 3], image, components[row], "connected components")
   figure.tight_layout()
   figure.savefig(path, dpi=80)

@@ -3,9 +3,6 @@
 import os
 import sys
 
-import jax
-import orbax.checkpoint as ocp
-
 import conftest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,15 +14,3 @@ def subprocess_env(**variables) -> dict[str, str]:
   return {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
           **{name.upper(): str(value) for name, value in conftest.SETTINGS.items()}, **variables}
 
-
-def latest_checkpoint(workdir):
-  """(step, params) of the newest checkpoint in `workdir`, on this process's first device."""
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  step = manager.latest_step()
-  manager.close()
-  path = os.path.join(workdir, "checkpoints", str(step), "default")
-  checkpointer = ocp.StandardCheckpointer()
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # Whichever devices wrote it.
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        checkpointer.metadata(path).item_metadata)
-  return step, checkpointer.restore(path, target)["params"]

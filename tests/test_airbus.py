@@ -1,12 +1,21 @@
-"""Kaggle's Airbus format: run-length encoding, the segmentation CSV, and F2 on decoded masks."""
+"""Kaggle's Airbus format: run-length encoding, the segmentation CSV, F2 on decoded masks, and a small
+data set in the Kaggle layout (tests/airbus_layout.py) that loads, trains, evaluates and submits."""
 
 import csv
+import os
+import shutil
 
+import jax
 import numpy as np
 import pytest
 
+import airbus_layout
 from data import airbus
 import losses
+from scripts import airbus_submission
+from tasks.base import ConfigError
+import tiny_configs
+import train
 
 
 def random_label_map(rng, shape, max_ships):
@@ -127,3 +136,128 @@ def test_f2_of_decoded_masks_matches_kaggles_rule():
   scores = losses.f2_iou_score(np.stack(pred_maps), np.stack(true_maps), reduction="none")
   np.testing.assert_allclose(scores, expected, rtol=1e-6)
   assert 0 < np.mean(expected) < 1
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+  """`(directory, {image id: (768, 768) labels})` of a small data set in Kaggle's layout."""
+  directory = tmp_path_factory.mktemp("airbus")
+  return directory, airbus_layout.write_layout(directory)
+
+
+def same_ships(labels, expected):
+  """Whether two label maps hold the same set of masks, whatever their ids."""
+  masks = lambda l: sorted(np.flatnonzero(l == i).tobytes() for i in np.unique(l[l > 0]))
+  return masks(labels) == masks(expected)
+
+
+def test_the_layout_reads_into_label_maps_and_resized_examples(layout):
+  directory, expected = layout
+  segmentations = airbus.read_layout(str(directory))
+  assert set(segmentations) == set(expected) and any(not rles for rles in segmentations.values())
+  assert max(len(rles) for rles in segmentations.values()) == 3
+  for image_id, rles in segmentations.items():
+    assert same_ships(airbus.instance_labels(rles, airbus.IMAGE_SHAPE, image_id), expected[image_id])
+  image_ids = sorted(segmentations)
+  source = airbus.AirbusShips(str(directory / airbus.TRAIN_IMAGES), segmentations, image_ids, size=32)
+  example = source[1]
+  assert example["image"].shape == (32, 32, 3) and example["image"].dtype == np.float32
+  assert example["image"].min() >= 0 and example["image"].max() <= 1
+  assert example["labels"].shape == (32, 32) and example["labels"].dtype == np.int32
+  assert same_ships(example["labels"], airbus.resize_labels(expected[image_ids[1]], (32, 32)))
+  # Hulls are bright on a dark sea, also after JPEG compression and the resize.
+  assert example["image"][example["labels"] > 0].mean() > 0.5 > example["image"][example["labels"] == 0].mean()
+
+
+def test_the_stream_is_a_function_of_seed_and_step_sharded_by_process_and_resumes(layout):
+  directory, _ = layout
+  segmentations = airbus.read_layout(str(directory))
+  source = airbus.AirbusShips(str(directory / airbus.TRAIN_IMAGES), segmentations, sorted(segmentations), size=16)
+  batches = airbus.training_batches(source, seed=1, batch_size=2, crop_size=8)
+  iterator = iter(batches.to_iter_dataset())
+  for step in range(3):
+    batch = next(iterator)
+    assert batch["image"].shape == (2, 8, 8, 3)
+    jax.tree.map(np.testing.assert_array_equal, batch, batches[step])
+  resumed = iter(batches.to_iter_dataset())
+  resumed.set_state(iterator.get_state())
+  jax.tree.map(np.testing.assert_array_equal, next(resumed), next(iterator))
+  assert not np.array_equal(airbus.training_batches(source, seed=2, batch_size=2)[0]["image"],
+                            airbus.training_batches(source, seed=1, batch_size=2)[0]["image"])
+  # Two processes read disjoint halves of the elements, each in its own order, every epoch all of its half.
+  numbers = [{"x": np.array(i)} for i in range(12)]
+  halves = [{int(x) for step in range(6) for x in airbus.training_batches(
+      numbers, seed=1, batch_size=1, process_index=p, process_count=2)[step]["x"]} for p in range(2)]
+  assert halves == [set(range(0, 12, 2)), set(range(1, 12, 2))]
+
+
+def broken_layouts():
+  def without_the_directory(directory):
+    shutil.rmtree(directory)
+
+  def without_the_csv(directory):
+    os.remove(directory / airbus.SEGMENTATIONS_CSV)
+
+  def without_an_image(directory):
+    os.remove(directory / airbus.TRAIN_IMAGES / "00000001.jpg")
+
+  def with_a_file_that_is_not_a_jpeg(directory):
+    (directory / airbus.TRAIN_IMAGES / "00000002.jpg").write_bytes(b"not a JPEG")
+
+  def with_a_truncated_jpeg(directory):
+    path = directory / airbus.TRAIN_IMAGES / "00000003.jpg"
+    path.write_bytes(path.read_bytes()[:5000])
+
+  return [
+      (without_the_directory, r"No directory .*airbus"),
+      (without_the_csv, r"No segmentation CSV at .*train_ship_segmentations_v2\.csv"),
+      (without_an_image, r"1 images named in train_ship_segmentations_v2\.csv are not in .*: 00000001\.jpg\."),
+      (with_a_file_that_is_not_a_jpeg, r"1 unreadable image, the first .*00000002\.jpg \(UnidentifiedImageError"),
+      (with_a_truncated_jpeg, r"1 unreadable image, the first .*00000003\.jpg \(OSError: image file is truncated"),
+  ]
+
+
+@pytest.mark.parametrize("damage, message", broken_layouts(), ids=lambda x: getattr(x, "__name__", ""))
+def test_a_broken_layout_is_a_one_line_error_before_training(tmp_path, damage, message):
+  directory = tmp_path / "airbus"
+  airbus_layout.write_layout(directory, num_images=4)
+  damage(directory)
+  config = tiny_configs.get_config("airbus")
+  config.data_dir = str(directory)
+  with pytest.raises(ConfigError, match=message) as error:
+    train.build_training(config)
+  assert "\n" not in str(error.value)
+
+
+def test_the_layout_trains_evaluates_at_768_and_submits(layout, tmp_path, monkeypatch):
+  directory, expected = layout
+  scored_shapes = []
+  score = losses.f2_iou_score
+
+  def recording_score(pred_labels, true_labels, **options):
+    scored_shapes.append((pred_labels.shape, true_labels.shape))
+    return score(pred_labels, true_labels, **options)
+
+  monkeypatch.setattr(losses, "f2_iou_score", recording_score)
+  config = tiny_configs.get_config("airbus")
+  config.update(dict(data_dir=str(directory), num_train_steps=3))
+  workdir = tmp_path / "run"
+  metrics = train.train_and_evaluate(config, str(workdir))
+  assert 0 <= metrics["f2_semi_conv"] <= 1 and 0 <= metrics["f2_connected_components"] <= 1
+  assert scored_shapes == [((3, 768, 768), (3, 768, 768))]  # The 3 validation images, at Kaggle's size.
+
+  output = tmp_path / "submission.csv"
+  image_dir = directory / airbus.TRAIN_IMAGES
+  num_rows = airbus_submission.write_submission(str(workdir), str(image_dir), str(output), batch_size=5,
+                                                progress=False)
+  with open(output, newline="", encoding="utf-8") as file:
+    rows = list(csv.reader(file))
+  assert tuple(rows[0]) == airbus.CSV_COLUMNS and len(rows) == num_rows + 1
+  rows_of = {}
+  for image_id, encoded in rows[1:]:
+    rows_of.setdefault(image_id, []).append(encoded)
+  assert sorted(rows_of) == sorted(expected)
+  for image_id, encodings in rows_of.items():
+    assert encodings == [""] or all(encodings), image_id  # One empty row, or one row per ship.
+    coverage = sum(airbus.rle_decode(e, airbus.IMAGE_SHAPE).astype(int) for e in encodings if e)
+    assert np.max(coverage, initial=0) <= 1, image_id  # The masks of an image never overlap.

@@ -1,6 +1,7 @@
 """What happens when a run dies, diverges or is misconfigured."""
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import airbus_layout
 import runs
 import tasks
 from tasks.base import read_metrics
@@ -22,8 +24,8 @@ import train
 COMMAND = runs.TINY_ORIENTATION
 
 
-def start(workdir, *overrides):
-  return subprocess.Popen([*COMMAND, f"--workdir={workdir}", *overrides], cwd=runs.ROOT, env=runs.subprocess_env(),
+def start_run(workdir, *overrides, command=COMMAND):
+  return subprocess.Popen([*command, f"--workdir={workdir}", *overrides], cwd=runs.ROOT, env=runs.subprocess_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -57,20 +59,27 @@ def without_timing(records):
 
 
 def assert_same_run(workdir, reference):
-  step, params = runs.latest_checkpoint(workdir)
-  reference_step, reference_params = runs.latest_checkpoint(reference)
+  step, params = train.latest_params(workdir)
+  reference_step, reference_params = train.latest_params(reference)
   assert step == reference_step
   jax.tree.map(np.testing.assert_array_equal, params, reference_params)
   for split in ("train", "eval"):
     assert without_timing(read_metrics(workdir, split)) == without_timing(read_metrics(reference, split))
 
 
-def test_killed_preempted_and_damaged_runs_resume_to_the_uninterrupted_result(tmp_path):
+# Procedural data replay from the step; the Airbus loader's Grain iterator resumes from its checkpointed state.
+@pytest.mark.parametrize("experiment", ["orientation", "airbus"])
+def test_killed_preempted_and_damaged_runs_resume_to_the_uninterrupted_result(tmp_path, experiment):
   """One run stopped in every way in turn; each restart is the same command. Checkpoints every 4 steps."""
   reference, run_dir = tmp_path / "reference", tmp_path / "run"
-  steps = ["--config.num_train_steps=12", "--config.checkpoint_every_steps=4"]
-  config = tiny_configs.get_config("orientation")
+  config = tiny_configs.get_config(experiment)
   config.update(dict(num_train_steps=12, checkpoint_every_steps=4))
+  steps = ["--config.num_train_steps=12", "--config.checkpoint_every_steps=4"]
+  if experiment == "airbus":
+    config.data_dir = str(tmp_path / "airbus")
+    airbus_layout.write_layout(config.data_dir)
+    steps.append(f"--config.data_dir={config.data_dir}")
+  start = functools.partial(start_run, command=[*COMMAND[:2], f"--config=tests/tiny_configs.py:{experiment}"])
   train.train_and_evaluate(config, str(reference))
 
   run = start(run_dir, *steps)  # SIGKILL while a checkpoint is being written,
@@ -86,7 +95,7 @@ def test_killed_preempted_and_damaged_runs_resume_to_the_uninterrupted_result(tm
   run.send_signal(signal.SIGTERM)
   assert run.wait(timeout=120) == train.PREEMPTED_EXIT_STATUS, run.stderr.read()[-3000:]
   assert "saved the checkpoint at step" in run.stderr.read()
-  preempted_at, _ = runs.latest_checkpoint(run_dir)
+  preempted_at, _ = train.latest_params(run_dir)
   assert 9 <= preempted_at == last_train_step(run_dir) < 12 and preempted_at % 4  # Not a scheduled step.
   run = start(run_dir, *steps)  # then left to finish.
   assert run.wait(timeout=300) == 0, run.stderr.read()[-3000:]
@@ -126,7 +135,7 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_checkpoint(tmp_path,
   with open(tmp_path / "nonfinite_step_3.json", encoding="utf-8") as f:
     report = json.load(f)
   assert report["batch"]["['image']"]["num_nonfinite"] == 1
-  step, params = runs.latest_checkpoint(tmp_path)
+  step, params = train.latest_params(tmp_path)
   assert step == 2 and all(np.isfinite(p).all() for p in jax.tree.leaves(params))
 
 
@@ -139,7 +148,7 @@ def test_skipping_non_finite_steps_counts_them(tmp_path, monkeypatch):
   records = read_metrics(tmp_path, "train")
   assert [r["skipped_steps"] for r in records] == [0, 0, 1, 1]
   assert np.isnan(records[2]["loss"]) and np.isfinite(records[3]["loss"])
-  assert all(np.isfinite(p).all() for p in jax.tree.leaves(runs.latest_checkpoint(tmp_path)[1]))
+  assert all(np.isfinite(p).all() for p in jax.tree.leaves(train.latest_params(tmp_path)[1]))
 
 
 # One setting of each kind; tests/test_train.py checks the other errors in-process.

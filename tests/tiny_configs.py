@@ -50,11 +50,22 @@ def _instances() -> ml_collections.ConfigDict:
   return config
 
 
+def _airbus() -> ml_collections.ConfigDict:
+  """Needs `data_dir`: a directory that `tests/airbus_layout.py` wrote."""
+  config = instances.get_config("airbus")
+  config.image_size = 32
+  config.model.features = (4,)
+  config.airbus.update(dict(validation_fraction=0.25, num_threads=2))
+  config.eval.update(dict(num_examples=4, batch_size=4))
+  return config
+
+
 EXPERIMENTS = {"orientation": _orientation, "propel": _propel, "multitask": _multitask, "instances": _instances}
+DATA_SETS = {"airbus": _airbus}  # Configs of experiments that read files: not in the loops over EXPERIMENTS.
 
 
 def get_config(experiment: str = "orientation") -> ml_collections.ConfigDict:
-  config = EXPERIMENTS[experiment]()
+  config = {**EXPERIMENTS, **DATA_SETS}[experiment]()
   config.update(dict(num_train_steps=4, batch_size=8, log_every_steps=1, eval_every_steps=100,
                      checkpoint_every_steps=2, progress_bar=False,
                      tensorboard=False, write_figures=False))
