@@ -26,10 +26,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       min_length=12.0, max_length=24.0, min_width=4.0, max_width=6.0))
   config.max_instances = config.data.get_ref("max_ships")  # The largest instance id the losses see.
 
-  config.embedding_dims = 2  # C: the semi-convolutional operator uses the first two.
-  config.embedding_output_scale = 10.0  # Φ = this × the network output, so Φ is in pixels at init.
-  config.embedding_weight = 0.1  # The semi-convolutional loss is in pixels per instance.
-  config.extraction = ml_collections.ConfigDict(dict(max_instances=12, distance=2.0))
+  # Each method's settings; the loss is the foreground BCE + weight × the embedding loss, and `distance` is
+  # the radius of losses.extract_instances in the embedding's units.
+  config.semi_conv = ml_collections.ConfigDict(dict(
+      embedding_dims=2,  # C: the semi-convolutional operator adds the coordinates to the first two.
+      output_scale=10.0,  # Φ = this × the network output, so Φ is in pixels at init.
+      weight=0.1,  # The loss is in pixels per instance.
+      distance=2.0))
+  config.discriminative = ml_collections.ConfigDict(dict(
+      embedding_dims=4, delta_v=0.5, delta_d=1.5, weight=1.0,
+      distance=1.5))  # Between δ_v (an instance's spread) and 2δ_d − δ_v (the nearest other pixel).
+  config.extraction = ml_collections.ConfigDict(dict(max_instances=12))  # Instances extracted per image.
 
   config.model = ml_collections.ConfigDict()
   config.model.features = (16, 32, 64)
@@ -57,9 +64,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.max_instances = 16  # Airbus images hold at most 15 ships.
     config.image_size = 256  # 768×768 images resized to this; scored at 768×768.
-    config.embedding_output_scale = 40.0
+    config.semi_conv.update(dict(output_scale=40.0, distance=4.0))
     config.extraction.max_instances = 24
-    config.extraction.distance = 4.0
     config.eval.num_examples = 512  # The first validation images.
     config.eval.batch_size = 16
     config.eval_every_steps = config.checkpoint_every_steps = 1000

@@ -1,32 +1,48 @@
-"""The README table of the ship instance experiment from a finished run.
+"""The README table of the ship instance experiment from finished runs.
 
-    python -m scripts.compare_instances --run=/tmp/instances
+    python -m scripts.compare_instances --seeds=0,1,2 --runs="semi-convolutional=/tmp/instances/semi_conv/{seed},\
+discriminative=/tmp/instances/discriminative/{seed},spatial embeddings=/tmp/instances/spatial/{seed}"
 
-Both rows come from the run's final evaluation: the semi-convolutional
-instances and the connected components of the same predicted foreground.
+One row per `label=workdir`: the F2 of the method the run trained (its `config.method`), from the run's
+final evaluation; a last row, connected components, labels the predicted foreground of the first
+label's runs. Columns are the held-out splits: touching ships that can be told apart in the image,
+touching identical ships, the other scenes, and all. With `--seeds`, `{seed}` in a workdir stands for
+each seed in turn and the cells are the mean ± sample standard deviation over those runs.
 """
 
 from absl import app
 from absl import flags
 
 from scripts import tables
+import train
 
-_RUN = flags.DEFINE_string("run", None, "Workdir of a finished `configs/instances.py` run.", required=True)
+_RUNS = flags.DEFINE_list("runs", [], "Comma-separated `label=workdir` pairs (labels may not contain commas).")
+_SEEDS = flags.DEFINE_list("seeds", [], "Seeds that replace `{seed}` in the workdirs; the cells become mean ± std.")
 
-METHODS = {"semi_conv": "semi-convolutional embeddings + extraction",
-           "connected_components": "connected components of the same foreground"}
+SPLITS = [("distinguishable/", "touching, distinguishable"), ("indistinguishable/", "touching, indistinguishable"),
+          ("separate/", "other scenes"), ("", "all scenes")]
+COLUMNS = [(split, f"F2, {title}", "{:.3f}") for split, title in SPLITS]
+
+
+def method_scores(workdir: str, method: str) -> dict[str, float]:
+  """`{split prefix: F2}` of `method` in the final evaluation of the run in `workdir`."""
+  metrics = tables.final_eval(workdir)
+  return {split: metrics[f"{split}f2_{method}"] for split, _ in SPLITS}
 
 
 def main(argv):
   del argv
-  metrics = tables.final_eval(_RUN.value)
-  rows = [(title, {split: metrics[f"{prefix}f2_{name}"] for split, prefix in
-                   (("all", ""), ("touching", "touching/"), ("separate", "separate/"))})
-          for name, title in METHODS.items()]
-  columns = [("all", "F2, all scenes", "{:.3f}"), ("touching", "F2, scenes with touching ships", "{:.3f}"),
-             ("separate", "F2, other scenes", "{:.3f}")]
-  print(f"After {metrics['step']} steps:\n")
-  print(tables.markdown_table(rows, columns))
+  runs = tables.read_runs(_RUNS.value, _SEEDS.value)
+  rows = [(label, [method_scores(path, train.read_config(path).method) for path in workdirs])
+          for label, workdirs in runs]
+  first_label, first_runs = runs[0]
+  rows.append((f"connected components (foreground of the {first_label} runs)",
+               [method_scores(path, "connected_components") for path in first_runs]))
+  steps = {tables.final_eval(path)["step"] for _, workdirs in runs for path in workdirs}
+  print(f"After {', '.join(map(str, sorted(steps)))} steps; runs per row: "
+        f"{', '.join(str(len(records)) for _, records in rows)}.\n")
+  print(tables.markdown_table([(label, tables.summarise(records, COLUMNS)) for label, records in rows],
+                              [(key, title, "{}") for key, title, _ in COLUMNS]))
 
 
 if __name__ == "__main__":

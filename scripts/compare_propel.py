@@ -21,8 +21,6 @@ from scripts import tables
 _RUNS = flags.DEFINE_list("runs", [], "Comma-separated `label=workdir` pairs (labels may not contain commas).")
 _SEEDS = flags.DEFINE_list("seeds", [], "Seeds that replace `{seed}` in the workdirs; the cells become mean ± std.")
 
-SEED = "{seed}"
-
 COLUMNS = [
     ("mean_error_deg", "error of mean (°)", "{:.1f}"),
     ("mode_error_deg", "error of mode (°)", "{:.1f}"),
@@ -41,17 +39,6 @@ COLUMNS = [
 ]
 
 
-def read_runs(runs: list[str], seeds: list[str]) -> list[tuple[str, list[dict[str, float]]]]:
-  """`(label, final evaluations)` per `label=workdir`: one per seed where the workdir has `{seed}`, else one."""
-  rows = []
-  for label, workdir in tables.parse_runs(runs):
-    if SEED in workdir and not seeds:
-      raise app.UsageError(f"The workdir of {label!r} contains {SEED}; pass the seeds with --seeds.")
-    workdirs = [workdir.replace(SEED, seed) for seed in seeds] if SEED in workdir else [workdir]
-    rows.append((label, [tables.final_eval(path) for path in workdirs]))
-  return rows
-
-
 def print_table(runs, columns: list[tables.Column], *, spread: bool) -> None:
   rows = [(label, tables.summarise(records, columns, spread=spread)) for label, records in runs]
   print(tables.markdown_table(rows, [(key, title, "{}") for key, title, _ in columns]))
@@ -60,7 +47,8 @@ def print_table(runs, columns: list[tables.Column], *, spread: bool) -> None:
 
 def main(argv):
   del argv
-  runs = read_runs(_RUNS.value, _SEEDS.value)
+  runs = [(label, [tables.final_eval(path) for path in workdirs])
+          for label, workdirs in tables.read_runs(_RUNS.value, _SEEDS.value)]
   if _SEEDS.value:
     print(f"Seeds {', '.join(_SEEDS.value)}: mean ± standard deviation over the runs of each row "
           f"({', '.join(f'{label}: {len(records)}' for label, records in runs)}).\n")

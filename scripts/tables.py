@@ -2,11 +2,13 @@
 
 from collections.abc import Sequence
 
+from absl import app
 import numpy as np
 
 from tasks import base
 
 Column = tuple[str, str, str]  # (metric key, column title, format string)
+SEED = "{seed}"  # In a workdir given to `read_runs`: stands for each seed in turn.
 
 
 def final_eval(workdir: str) -> dict[str, float]:
@@ -17,6 +19,20 @@ def final_eval(workdir: str) -> dict[str, float]:
 def parse_runs(runs: Sequence[str]) -> list[tuple[str, str]]:
   """`["label=workdir", ...]` → `[(label, workdir), ...]`."""
   return [tuple(run.rsplit("=", 1)) for run in runs]
+
+
+def read_runs(runs: Sequence[str], seeds: Sequence[str]) -> list[tuple[str, list[str]]]:
+  """`(label, workdirs)` per `label=workdir`: one workdir per seed where it has `{seed}`, else itself.
+
+  Raises:
+    app.UsageError: for a workdir with `{seed}` and no seeds.
+  """
+  rows = []
+  for label, workdir in parse_runs(runs):
+    if SEED in workdir and not seeds:
+      raise app.UsageError(f"The workdir of {label!r} contains {SEED}; pass the seeds with --seeds.")
+    rows.append((label, [workdir.replace(SEED, seed) for seed in seeds] if SEED in workdir else [workdir]))
+  return rows
 
 
 def summarise(records: Sequence[dict[str, float]], columns: Sequence[Column], *, spread: bool = True) -> dict[str, str]:

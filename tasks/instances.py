@@ -2,7 +2,7 @@
 
 A U-Net maps an image to one foreground logit and the channels of an
 instance embedding, trained with the foreground binary cross-entropy plus
-`config.embedding_weight` times the loss that `config.method` names:
+`config.<method>.weight` times the loss that `config.method` names:
 
 * "semi_conv": Novotny et al.'s semi-convolutional loss. `losses.semi_convolution`
   adds the pixel coordinates, Ψ = Φ + s·(x, y) with s = half the image size,
@@ -58,20 +58,23 @@ class _Method:
 
 
 def _method(config: ml_collections.ConfigDict, image_size: int) -> _Method:
+  if config.method not in METHODS:
+    raise ConfigError(f"config.method must be one of {METHODS}, got {config.method!r}.")
+  options = config[config.method]
   max_instances = config.max_instances
   extract = functools.partial(losses.extract_instances, max_instances=config.extraction.max_instances,
-                              distance=config.extraction.distance)
+                              distance=options.distance)
   if config.method == "semi_conv":
     return _Method(
-        num_channels=config.embedding_dims,
-        embed=lambda outputs: losses.semi_convolution(config.embedding_output_scale * outputs,
-                                                      scale=image_size / 2),
+        num_channels=options.embedding_dims,
+        embed=lambda outputs: losses.semi_convolution(options.output_scale * outputs, scale=image_size / 2),
         loss=functools.partial(losses.semi_conv_loss, max_instances=max_instances),
         extract=extract)
-  if config.method == "discriminative":
-    return _Method(num_channels=config.embedding_dims, embed=lambda outputs: outputs,
-                   loss=functools.partial(losses.discriminative_loss, max_instances=max_instances), extract=extract)
-  raise ConfigError(f"config.method must be one of {METHODS}, got {config.method!r}.")
+  return _Method(
+      num_channels=options.embedding_dims, embed=lambda outputs: outputs,
+      loss=functools.partial(losses.discriminative_loss, max_instances=max_instances, delta_v=options.delta_v,
+                             delta_d=options.delta_d),
+      extract=extract)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +131,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
     foreground = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, (batch["labels"] > 0).astype(jnp.float32)))
     embedding_loss = method.loss(embedding, batch["labels"])
     metrics = {"foreground_loss": foreground, "embedding_loss": embedding_loss}
-    return foreground + config.embedding_weight * embedding_loss, (metrics, task_state)
+    return foreground + config[config.method].weight * embedding_loss, (metrics, task_state)
 
   # Under jit the objects beyond `max_instances` (specks of a noisy foreground) merge instead of raising.
   score = jax.jit(functools.partial(losses.f2_iou_score, reduction="none", max_instances=config.eval.max_instances))
