@@ -42,10 +42,12 @@ from losses.angular import orientation_metrics
 from losses.instances import connected_components
 from losses.instances import discriminative_loss
 from losses.instances import extract_instances
+from losses.instances import extract_spatial_instances
 from losses.instances import f2_iou_score
 from losses.instances import pixel_coordinates
 from losses.instances import semi_conv_loss
 from losses.instances import semi_convolution
+from losses.instances import spatial_embedding_loss
 from losses.multitask import LossWeighting
 from losses.multitask import balanced_weights_loss
 from losses.multitask import dwa_weights
@@ -73,6 +75,7 @@ __all__ = (
     "dwa_weights",
     "encode_orientation",
     "extract_instances",
+    "extract_spatial_instances",
     "f2_iou_score",
     "log_gaussian_overlap",
     "loss_weighting",
@@ -83,6 +86,7 @@ __all__ = (
     "propel_loss",
     "semi_conv_loss",
     "semi_convolution",
+    "spatial_embedding_loss",
     "split_mixture",
     "trainable_alpha_loss",
     "uncertainty_weighted_loss",

@@ -20,6 +20,11 @@ For every loss and size it times, in one process and side by side:
   writes as many bytes as the loss's per-element output (forward), or an
   array of the gradient's size plus a scalar (forward + backward).
 
+The `spatial` section times the discriminative and spatial-embedding
+losses at 1 and 256 instances per image, forward and forward + backward,
+with their memory: the former flat in K, the latter flat in memory but
+linear in time (each instance's Lovász hinge sorts the whole image).
+
 Times are wall-clock medians over repeats after two warm-up calls, with
 `block_until_ready`; the repeats of the implementations of one size are
 interleaved, so that load from other processes falls on all of them alike.
@@ -49,8 +54,8 @@ import numpy as np
 import losses
 
 _QUICK = flags.DEFINE_bool("quick", False, "Fewer sizes and repeats (a smoke test, ~35 s on 2 CPU cores).")
-_ONLY = flags.DEFINE_list("only", ["angular", "propel", "semi_conv", "f2", "multitask"],
-                          "Which benchmarks: angular, propel, semi_conv, f2, multitask.")
+_ONLY = flags.DEFINE_list("only", ["angular", "propel", "semi_conv", "spatial", "f2", "multitask"],
+                          "Which benchmarks: angular, propel, semi_conv, spatial, f2, multitask.")
 _REPEATS = flags.DEFINE_integer("repeats", 0, "Timed repeats per implementation (0: 15, or 5 with --quick).")
 _OUTPUT = flags.DEFINE_string("output", "", "Also write the Markdown to this file.")
 
@@ -432,6 +437,54 @@ def bench_semi_conv(quick: bool, repeats: int, budget: float) -> str:
 
 
 # ----------------------------------------------------------------------------
+# Discriminative and spatial-embedding losses as the number of instances grows.
+
+
+def bench_spatial(quick: bool, repeats: int, budget: float) -> str:
+  batch, height, width, channels = (2 if quick else 8), 128, 128, 2
+  keys = jax.random.split(jax.random.key(3), 3)
+  embeddings = jax.random.normal(keys[0], (batch, height, width, channels))
+  sigmas = jax.random.uniform(keys[1], (batch, height, width), minval=0.5, maxval=1.5)
+  seeds = jax.random.normal(keys[2], (batch, height, width))
+  out = [("## Discriminative and spatial-embedding losses (`losses.discriminative_loss`, "
+          "`losses.spatial_embedding_loss`)"), "",
+         (f"B = {batch}, {height}×{width} pixels, C = {channels} embedding channels, one σ per pixel, float32; K "
+          "instances per image (Voronoi cells of K random seeds, 30% of the pixels background), `max_instances` = K; "
+          "value (forward) and `jax.value_and_grad` with respect to the embeddings (fwd+bwd), jitted. Memory is the "
+          "compiled program's temporaries + outputs."), "",
+         "| loss | K | forward (ms) | fwd+bwd (ms) | memory, forward (MB) | memory, fwd+bwd (MB) |",
+         "|---|---|---|---|---|---|"]
+  rows = {}
+  for num in (1, 256):
+    labels = voronoi_labels(batch, height, width, num)
+    functions = {
+        "discriminative_loss": lambda e, l, k=num: losses.discriminative_loss(e, l, max_instances=k),
+        "spatial_embedding_loss": lambda e, l, k=num: losses.spatial_embedding_loss(e, sigmas, seeds, l,
+                                                                                    max_instances=k),
+    }
+    impls = {}
+    for name, fn in functions.items():
+      impls[name] = (Impl(f"{name} f", jitted(fn, embeddings, labels)),
+                     Impl(f"{name} b", value_and_grad(fn, embeddings, labels)))
+    measure([impl for pair in impls.values() for impl in pair], repeats, budget)
+    for name, fn in functions.items():
+      forward, backward = impls[name]
+      memory = memory_mb(fn, embeddings, labels), memory_mb(jax.value_and_grad(fn), embeddings, labels)
+      rows[name, num] = (median_ms(forward), median_ms(backward)) + memory
+  for name in ("discriminative_loss", "spatial_embedding_loss"):
+    for num in (1, 256):
+      f, b, memory_f, memory_b = rows[name, num]
+      out.append(f"| `{name}` | {num} | {fmt_ms(f)} | {fmt_ms(b)} | {memory_f:.1f} | {memory_b:.1f} |")
+  out.append("")
+  for name in ("discriminative_loss", "spatial_embedding_loss"):
+    (f1, b1, m1, mb1), (f256, b256, m256, mb256) = rows[name, 1], rows[name, 256]
+    out.append(f"`{name}` from K = 1 to K = 256: forward {fmt_ratio(f256, f1)}, fwd+bwd {fmt_ratio(b256, b1)} the "
+               f"time; memory {fmt_ratio(m256, m1)} (forward) and {fmt_ratio(mb256, mb1)} (fwd+bwd).")
+    out.append("")
+  return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------
 # Airbus F2 metric.
 
 THRESHOLDS = np.asarray(losses.instances.AIRBUS_THRESHOLDS, np.float32)
@@ -556,7 +609,8 @@ def environment() -> str:
           f"`python -m scripts.bench_losses {' '.join(sys.argv[1:])}`.")
 
 
-BENCHMARKS = {"angular": bench_angular, "propel": bench_propel, "semi_conv": bench_semi_conv, "f2": bench_f2}
+BENCHMARKS = {"angular": bench_angular, "propel": bench_propel, "semi_conv": bench_semi_conv, "spatial": bench_spatial,
+              "f2": bench_f2}
 
 
 def main(argv):

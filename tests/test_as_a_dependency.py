@@ -81,6 +81,20 @@ CASES = {
                               (np.array([0.2, 0.8], np.float32), np.array([1.5, 0.5], np.float32))),
     "uncertainty_weighted_loss": (losses.uncertainty_weighted_loss, (_floats(2), np.array([1.5, 0.5], np.float32))),
     "dwa_weights": (losses.dwa_weights, (np.array([1.0, 2.0], np.float32), np.array([1.5, 1.0], np.float32))),
+    "spatial_embedding_loss": (lambda e, s, z, l: losses.spatial_embedding_loss(e, s, z, l, max_instances=3),
+                               (_floats(2, 5, 5, 2), RNG.uniform(0.5, 1.5, (2, 5, 5)).astype(np.float32),
+                                _floats(2, 5, 5), _labels(2, 5, 5))),
+    "spatial_embedding_loss/traced labels": (
+        lambda l, e, s, z: losses.spatial_embedding_loss(e, s, z, l, max_instances=3),
+        (_labels(2, 5, 5), _floats(2, 5, 5, 2), RNG.uniform(0.5, 1.5, (2, 5, 5, 2)).astype(np.float32),
+         _floats(2, 5, 5))),
+    "spatial_embedding_loss/traced sigmas, coordinate centres": (
+        lambda s, e, z, l, c: losses.spatial_embedding_loss(e, s, z, l, max_instances=3, coordinates=c),
+        (RNG.uniform(0.5, 1.5, (2, 5, 5)).astype(np.float32), _floats(2, 5, 5, 2), _floats(2, 5, 5),
+         _labels(2, 5, 5), _floats(5, 5, 2))),
+    "extract_spatial_instances": (lambda e, s, z: losses.extract_spatial_instances(e, s, z, max_instances=3),
+                                  (_floats(2, 5, 5, 2), RNG.uniform(0.5, 1.5, (2, 5, 5)).astype(np.float32),
+                                   _floats(2, 5, 5))),
     **{f"loss_weighting/{name}": (_weighting_combine(name), (np.array([1.5, 0.5], np.float32),))
        for name in WEIGHTING_NAMES},
 }
@@ -151,7 +165,8 @@ def test_each_function_under_each_transformation_equals_eager(case):
 
 
 DIFFERENTIABLE = ("angular_loss", "propel_loss", "semi_conv_loss", "discriminative_loss", "mixture_log_density",
-                  "trainable_alpha_loss")
+                  "trainable_alpha_loss", "spatial_embedding_loss",
+                  "spatial_embedding_loss/traced sigmas, coordinate centres")
 
 
 @pytest.mark.parametrize("case", DIFFERENTIABLE)

@@ -238,6 +238,51 @@ CASES = [
     ("discriminative_loss/reduction",
      lambda: losses.discriminative_loss(EMBEDDINGS, LABELS, max_instances=5, reduction="avg"),
      ValueError, says("`reduction`")),
+    ("spatial_embedding_loss/sigmas mismatch",
+     lambda: losses.spatial_embedding_loss(EMBEDDINGS, f32(1, 2, 3), f32(1, 2, 2), LABELS, max_instances=5),
+     AssertionError, says("`sigmas` must have shape (B, H, W) or (B, H, W, C)", "`embeddings` (1, 2, 2, 3)",
+                          "got (1, 2, 3)")),
+    ("spatial_embedding_loss/sigmas channels",
+     lambda: losses.spatial_embedding_loss(EMBEDDINGS, f32(1, 2, 2, 2), f32(1, 2, 2), LABELS, max_instances=5),
+     AssertionError, says("`sigmas` must have shape (B, H, W) or (B, H, W, C)", "got (1, 2, 2, 2)")),
+    ("spatial_embedding_loss/sigmas rank",
+     lambda: losses.spatial_embedding_loss(EMBEDDINGS, f32(1, 2), f32(1, 2, 2), LABELS, max_instances=5),
+     AssertionError, says("`sigmas` must have shape (B, H, W) or (B, H, W, C)", "got (1, 2)")),
+    ("spatial_embedding_loss/int sigmas",
+     lambda: losses.spatial_embedding_loss(EMBEDDINGS, i32(1, 2, 2), f32(1, 2, 2), LABELS, max_instances=5),
+     TypeError, says("`sigmas`", "floating-point")),
+    ("spatial_embedding_loss/seeds mismatch",
+     lambda: losses.spatial_embedding_loss(EMBEDDINGS, f32(1, 2, 2), f32(1, 2, 2, 1), LABELS, max_instances=5),
+     AssertionError, says("`seeds` must have shape (B, H, W)", "`labels` (1, 2, 2)", "got (1, 2, 2, 1)")),
+    ("spatial_embedding_loss/int seeds",
+     lambda: losses.spatial_embedding_loss(EMBEDDINGS, f32(1, 2, 2), i32(1, 2, 2), LABELS, max_instances=5),
+     TypeError, says("`seeds`", "floating-point")),
+    ("spatial_embedding_loss/embeddings mismatch",
+     lambda: losses.spatial_embedding_loss(f32(1, 2, 3, 3), f32(1, 2, 3), f32(1, 2, 2), LABELS, max_instances=5),
+     AssertionError, says("`embeddings`", "`labels` (1, 2, 2)", "got (1, 2, 3, 3)")),
+    ("spatial_embedding_loss/float labels",
+     lambda: losses.spatial_embedding_loss(EMBEDDINGS, f32(1, 2, 2), f32(1, 2, 2), LABELS.astype(np.float32),
+                                           max_instances=5),
+     TypeError, says("`labels`", "integer", "(B, H, W)")),
+    ("spatial_embedding_loss/id above max_instances",
+     lambda: losses.spatial_embedding_loss(EMBEDDINGS, f32(1, 2, 2), f32(1, 2, 2), LABELS, max_instances=4),
+     ValueError, says("`labels`", "[0, 4]", "raise `max_instances`")),
+    ("spatial_embedding_loss/coordinates shape",
+     lambda: losses.spatial_embedding_loss(EMBEDDINGS, f32(1, 2, 2), f32(1, 2, 2), LABELS, max_instances=5,
+                                           coordinates=f32(2, 2, 2)),
+     AssertionError, says("`coordinates` must have shape (H, W, C) or (B, H, W, C)", "`embeddings` (1, 2, 2, 3)",
+                          "got (2, 2, 2)")),
+    ("spatial_embedding_loss/negative sigma_weight",
+     lambda: losses.spatial_embedding_loss(EMBEDDINGS, f32(1, 2, 2), f32(1, 2, 2), LABELS, max_instances=5,
+                                           sigma_weight=-1.0),
+     ValueError, says("`sigma_weight` must be >= 0")),
+    ("spatial_embedding_loss/float max_instances",
+     lambda: losses.spatial_embedding_loss(EMBEDDINGS, f32(1, 2, 2), f32(1, 2, 2), LABELS, max_instances=5.0),
+     TypeError, says("`max_instances`", "int")),
+    ("spatial_embedding_loss/reduction",
+     lambda: losses.spatial_embedding_loss(EMBEDDINGS, f32(1, 2, 2), f32(1, 2, 2), LABELS, max_instances=5,
+                                           reduction="avg"),
+     ValueError, says("`reduction`")),
     ("f2_iou_score/float true_labels", lambda: losses.f2_iou_score(LABELS, LABELS.astype(np.float32)),
      TypeError, says("`true_labels`", "integer", "(B, H, W)")),
     ("f2_iou_score/float pred_labels", lambda: losses.f2_iou_score(LABELS.astype(np.float32), LABELS),
@@ -294,6 +339,28 @@ CASES = [
     ("extract_instances/distance", lambda: losses.extract_instances(f32(1, 2, 2), EMBEDDINGS, max_instances=3,
                                                                     distance=-1.0),
      ValueError, says("`distance` must be >= 0")),
+    ("extract_spatial_instances/seeds rank",
+     lambda: losses.extract_spatial_instances(EMBEDDINGS, f32(1, 2, 2), f32(2, 2), max_instances=3),
+     AssertionError, says("`seeds` must have shape (B, H, W)", "got (2, 2)")),
+    ("extract_spatial_instances/int seeds",
+     lambda: losses.extract_spatial_instances(EMBEDDINGS, f32(1, 2, 2), i32(1, 2, 2), max_instances=3),
+     TypeError, says("`seeds`", "floating-point")),
+    ("extract_spatial_instances/embeddings mismatch",
+     lambda: losses.extract_spatial_instances(EMBEDDINGS, f32(1, 2, 3), f32(1, 2, 3), max_instances=3),
+     AssertionError, says("`embeddings` must have shape (B, H, W, C)", "`seeds` (1, 2, 3)", "got (1, 2, 2, 3)")),
+    ("extract_spatial_instances/sigmas mismatch",
+     lambda: losses.extract_spatial_instances(EMBEDDINGS, f32(1, 3, 2), f32(1, 2, 2), max_instances=3),
+     AssertionError, says("`sigmas` must have shape (B, H, W) or (B, H, W, C)", "got (1, 3, 2)")),
+    ("extract_spatial_instances/min_pixels",
+     lambda: losses.extract_spatial_instances(EMBEDDINGS, f32(1, 2, 2), f32(1, 2, 2), max_instances=3, min_pixels=0),
+     ValueError, says("`min_pixels` must be >= 1")),
+    ("extract_spatial_instances/max_rounds",
+     lambda: losses.extract_spatial_instances(EMBEDDINGS, f32(1, 2, 2), f32(1, 2, 2), max_instances=3,
+                                              max_rounds=2.0),
+     TypeError, says("`max_rounds`", "int")),
+    ("extract_spatial_instances/max_instances",
+     lambda: losses.extract_spatial_instances(EMBEDDINGS, f32(1, 2, 2), f32(1, 2, 2), max_instances=-1),
+     ValueError, says("`max_instances` must be >= 0")),
     ("connected_components/rank", lambda: losses.connected_components(np.ones((4, 4), bool)),
      AssertionError, says("`mask` must have shape (B, H, W)", "got (4, 4)")),
     ("connected_components/float mask", lambda: losses.connected_components(f32(1, 4, 4)),
@@ -336,6 +403,12 @@ JITTED_CASES = [
      AssertionError, says("`alpha` must have shape ()")),
     ("extract_instances", lambda: jax.jit(lambda f, e: losses.extract_instances(f, e, max_instances=2, distance=1.0))(
         f32(1, 2, 3), EMBEDDINGS), AssertionError, says("`embeddings`", "`foreground` (1, 2, 3)")),
+    ("spatial_embedding_loss", lambda: jax.jit(lambda e, s, z: losses.spatial_embedding_loss(
+        e, s, z, LABELS, max_instances=5))(EMBEDDINGS, f32(1, 2, 2, 2), f32(1, 2, 2)),
+     AssertionError, says("`sigmas` must have shape (B, H, W) or (B, H, W, C)", "got (1, 2, 2, 2)")),
+    ("extract_spatial_instances", lambda: jax.jit(lambda e, s, z: losses.extract_spatial_instances(
+        e, s, z, max_instances=2))(EMBEDDINGS, f32(1, 2, 2), f32(1, 2, 3)),
+     AssertionError, says("`embeddings`", "`seeds` (1, 2, 3)")),
     ("semi_convolution", lambda: jax.jit(losses.semi_convolution)(f32(1, 2, 2, 1)),
      ValueError, says("`embeddings` must have shape (B, H, W, C) with C >= 2", "got (1, 2, 2, 1)")),
 ]
@@ -411,6 +484,26 @@ def test_empty_batches_and_images_instances(shape):
   assert out["components"].shape == shape
   assert out["semi_convolution"].shape == shape + (2,)
   assert losses.pixel_coordinates(*shape[1:]).shape == shape[1:] + (2,)
+
+
+@jax.jit
+def _empty_spatial(labels, embeddings):
+  sigmas, seeds = embeddings[..., 0] + 1.0, embeddings[..., 1]
+  value, gradients = jax.value_and_grad(lambda e, s, z: losses.spatial_embedding_loss(
+      e, s, z, labels, max_instances=3), argnums=(0, 1, 2))(embeddings, sigmas, seeds)
+  return dict(value=value, gradients=gradients,
+              none=losses.spatial_embedding_loss(embeddings, sigmas, seeds, labels, max_instances=3, reduction="none"),
+              extracted=losses.extract_spatial_instances(embeddings, sigmas, seeds, max_instances=3))
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 4), (2, 0, 4)], ids=["no images", "images without pixels"])
+def test_empty_batches_and_images_spatial(shape):
+  """No pixels: the spatial-embedding loss is 0 per image with zero gradients; the extraction finds nothing."""
+  out = _empty_spatial(jnp.zeros(shape, jnp.int32), jnp.ones(shape + (2,)))
+  assert out["value"] == 0.0
+  assert [g.shape for g in out["gradients"]] == [shape + (2,), shape, shape]
+  np.testing.assert_array_equal(out["none"], np.zeros(shape[0]))
+  assert out["extracted"].shape == shape and out["extracted"].dtype == jnp.int32
 
 
 def test_empty_label_maps_pass_the_value_checks_outside_jit():

@@ -252,3 +252,217 @@ def test_discriminative_loss_gradients_background_and_coincident_embeddings():
     labels64, embeddings64 = np.asarray(labels), np.asarray(embeddings, np.float64) * 2.0
     check_grads(lambda e: losses.discriminative_loss(e, labels64, max_instances=5), (embeddings64,),
                 order=1, modes=("rev",), eps=1e-6, atol=1e-5, rtol=1e-5)
+
+
+def reference_lovasz_hinge(logits, mask):
+  """Berman et al.'s Lovász extension of the Jaccard loss Δ(M) = |M| / |P ∪ M| at the hinge errors, from the
+  definition: errors in decreasing order, each weighted by Δ's increment as its pixel joins the set M."""
+  errors = 1.0 - logits * np.where(mask, 1.0, -1.0)
+  positives = set(np.flatnonzero(mask).tolist())
+  jaccard = lambda chosen: len(chosen) / len(positives | chosen) if chosen else 0.0
+  total, chosen = 0.0, set()
+  for i in np.argsort(-errors, kind="stable"):
+    before = jaccard(chosen)
+    chosen.add(int(i))
+    total += max(errors[i], 0.0) * (jaccard(chosen) - before)
+  return total
+
+
+def reference_spatial_loss(labels, embeddings, sigmas, seeds, coordinates=None, instance_weight=1.0,
+                           sigma_weight=10.0, seed_weight=1.0, foreground_weight=10.0):
+  """Per image, a loop over the instances present (float64): each one's Gaussian over every pixel, its
+  Lovász hinge, the spread of its σ and the seed targets, averaged per instance and per pixel."""
+  labels = np.asarray(labels)
+  embeddings, seeds = np.asarray(embeddings, np.float64), np.asarray(seeds, np.float64)
+  sigmas = np.asarray(sigmas, np.float64)
+  sigmas = sigmas[..., None] if sigmas.ndim == 3 else sigmas
+  totals = []
+  for b, ids in enumerate(labels):
+    ids = ids.reshape(-1)
+    psi = embeddings[b].reshape(ids.size, -1)
+    sigma = sigmas[b].reshape(ids.size, -1)
+    xy = psi if coordinates is None else np.broadcast_to(coordinates, embeddings.shape)[b].reshape(ids.size, -1)
+    probability = 1.0 / (1.0 + np.exp(-seeds[b].reshape(-1)))
+    hinges, spreads = [], []
+    seed_total = np.sum(probability[ids == 0] ** 2)
+    for k in np.unique(ids[ids != 0]):
+      members = ids == k
+      centre, bandwidth = xy[members].mean(axis=0), sigma[members].mean(axis=0)
+      phi = np.exp(-np.sum((psi - centre) ** 2 / (2.0 * bandwidth ** 2), axis=-1))
+      hinges.append(reference_lovasz_hinge(2.0 * phi - 1.0, members))
+      spreads.append(np.mean((sigma[members] - bandwidth) ** 2))
+      seed_total += foreground_weight * np.sum((probability[members] - phi[members]) ** 2)
+    mean = lambda values: np.mean(values) if values else 0.0
+    totals.append(instance_weight * mean(hinges) + sigma_weight * mean(spreads) + seed_weight * seed_total / ids.size)
+  return np.array(totals)
+
+
+def random_spatial_inputs(seed, batch=3, size=8, max_instances=4, channels=2, sigma_channels=None):
+  """Blocky instances (one absent id, an empty image), centres near each instance's and noisy σ and seeds."""
+  rng = np.random.default_rng(seed)
+  labels = np.kron(rng.integers(0, max_instances + 1, (batch, size // 2, size // 2)), np.ones((2, 2), int))
+  labels = labels.astype(np.int32)
+  labels[0] = 0  # An empty image.
+  labels[1][labels[1] == max_instances] = 1  # Id `max_instances` absent from image 1.
+  centres = rng.normal(0.0, 1.5, (max_instances + 1, channels))
+  embeddings = centres[labels] + rng.normal(0.0, 0.7, labels.shape + (channels,))
+  sigma_shape = labels.shape + (() if sigma_channels is None else (sigma_channels,))
+  sigmas = rng.uniform(0.6, 1.6, sigma_shape)
+  seeds = rng.normal(0.0, 2.0, labels.shape)
+  return labels, embeddings.astype(np.float32), sigmas.astype(np.float32), seeds.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed, sigma_channels", [(0, None), (1, 2), (2, 1)])
+def test_spatial_embedding_loss_matches_float64_loop(seed, sigma_channels):
+  labels, embeddings, sigmas, seeds = random_spatial_inputs(seed, sigma_channels=sigma_channels)
+  expected = reference_spatial_loss(labels, embeddings, sigmas, seeds)
+  actual = losses.spatial_embedding_loss(embeddings, sigmas, seeds, labels, max_instances=4, reduction="none")
+  np.testing.assert_allclose(actual, expected, rtol=2e-5, atol=1e-6)
+  mean = losses.spatial_embedding_loss(embeddings, sigmas, seeds, labels, max_instances=4)
+  np.testing.assert_allclose(mean, expected.mean(), rtol=2e-5)
+  # The empty image is its seed term alone.
+  np.testing.assert_allclose(actual[0], np.mean(1.0 / (1.0 + np.exp(-seeds[0].astype(np.float64))) ** 2), rtol=1e-5)
+  options = dict(instance_weight=0.5, sigma_weight=2.0, seed_weight=3.0, foreground_weight=0.25)
+  np.testing.assert_allclose(
+      losses.spatial_embedding_loss(embeddings, sigmas, seeds, labels, max_instances=4, reduction="sum", **options),
+      reference_spatial_loss(labels, embeddings, sigmas, seeds, **options).sum(), rtol=2e-5)
+
+
+def test_spatial_embedding_loss_coordinate_centres_background_id_and_jit():
+  labels, embeddings, sigmas, seeds = random_spatial_inputs(3)
+  coordinates = 2.0 * np.asarray(losses.pixel_coordinates(8, 8))
+  loss = lambda e, s, z, l, **options: losses.spatial_embedding_loss(e, s, z, l, max_instances=4, reduction="none",
+                                                                     **options)
+  np.testing.assert_allclose(loss(embeddings, sigmas, seeds, labels, coordinates=coordinates),
+                             reference_spatial_loss(labels, embeddings, sigmas, seeds, coordinates), rtol=2e-5,
+                             atol=1e-6)
+  expected = loss(embeddings, sigmas, seeds, labels)
+  swapped = np.array([3, 1, 2, 0, 4])[labels]  # Background 3 instead of 0: id 0 is an instance.
+  np.testing.assert_allclose(loss(embeddings, sigmas, seeds, swapped, background=3), expected, rtol=1e-5)
+  jitted = jax.jit(jax.value_and_grad(lambda e, l: jnp.sum(loss(e, sigmas, seeds, l))))
+  value, gradient = jitted(embeddings, labels)
+  np.testing.assert_allclose(value, expected.sum(), rtol=1e-5)
+  np.testing.assert_allclose(gradient, jax.grad(lambda e: jnp.sum(loss(e, sigmas, seeds, labels)))(embeddings),
+                             rtol=1e-5, atol=1e-7)
+  batched = jax.vmap(lambda e, s, z, l: loss(e[None], s[None], z[None], l[None])[0])(embeddings, sigmas, seeds,
+                                                                                       labels)
+  np.testing.assert_allclose(batched, expected, rtol=1e-5)
+  # Inside jit, ids out of range are background.
+  np.testing.assert_allclose(jitted(embeddings, np.where(labels == 4, 9, labels))[0],
+                             reference_spatial_loss(np.where(labels == 4, 0, labels), embeddings, sigmas, seeds).sum(),
+                             rtol=2e-5)
+
+
+def autodiff_spatial_loss(labels, embeddings, sigmas, seeds):
+  """The loss written directly in JAX (a loop over the instances, jnp.argsort, Berman's cumulative
+  Jaccard weights) and differentiated by plain autodiff: the gradient to compare ours with."""
+  total = 0.0
+  for b, ids in enumerate(np.asarray(labels)):
+    ids = ids.reshape(-1)
+    psi, sigma = embeddings[b].reshape(ids.size, -1), sigmas[b].reshape(ids.size, -1)
+    probability = jax.nn.sigmoid(seeds[b].reshape(-1))
+    instances = [k for k in np.unique(ids) if k != 0]
+    hinge = spread = 0.0
+    seed_total = jnp.sum(jnp.where(ids == 0, probability ** 2, 0.0))
+    for k in instances:
+      members = ids == k
+      centre, bandwidth = psi[members].mean(axis=0), sigma[members].mean(axis=0)
+      phi = jnp.exp(-jnp.sum((psi - centre) ** 2 / (2.0 * bandwidth ** 2), axis=-1))
+      errors = jnp.where(members, 2.0 - 2.0 * phi, 2.0 * phi)
+      order = jnp.argsort(-errors)
+      truth = jnp.asarray(members, errors.dtype)[order]
+      jaccard = 1.0 - (truth.sum() - jnp.cumsum(truth)) / (truth.sum() + jnp.cumsum(1.0 - truth))
+      hinge += jnp.dot(jax.nn.relu(errors[order]), jnp.diff(jaccard, prepend=0.0))
+      spread += jnp.mean((sigma[members] - jax.lax.stop_gradient(bandwidth)) ** 2)
+      seed_total += 10.0 * jnp.sum(jnp.where(members, (probability - jax.lax.stop_gradient(phi)) ** 2, 0.0))
+    count = max(len(instances), 1)
+    total += hinge / count + 10.0 * spread / count + seed_total / ids.size
+  return total / len(labels)
+
+
+def test_spatial_embedding_loss_gradients_in_float64():
+  labels, embeddings, sigmas, seeds = random_spatial_inputs(4, batch=2, size=6, max_instances=3)
+  with jax.enable_x64(True):
+    arrays = tuple(np.asarray(x, np.float64) for x in (embeddings, sigmas, seeds))
+    loss = lambda e, s, z: losses.spatial_embedding_loss(e, s, z, labels, max_instances=3)
+    ours = jax.grad(loss, argnums=(0, 1, 2))(*arrays)
+    direct = jax.grad(lambda e, s, z: autodiff_spatial_loss(labels, e, s, z), argnums=(0, 1, 2))(*arrays)
+    for a, b in zip(ours, direct):
+      np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    # Finite differences see through the stopped seed targets φ (autodiff does not, by design): check the
+    # embeddings and σ without the seed term, the seeds with it. The stopped σ_k in the smoothness term
+    # changes nothing, its derivative through σ_k being Σ_i (σ_i − σ_k) = 0.
+    without_seeds = lambda e, s: losses.spatial_embedding_loss(e, s, arrays[2], labels, max_instances=3,
+                                                               seed_weight=0.0)
+    check_grads(without_seeds, arrays[:2], order=1, modes=("rev", "fwd"), eps=1e-6, atol=1e-6, rtol=1e-6)
+    check_grads(lambda z: loss(*arrays[:2], z), arrays[2:], order=1, modes=("rev", "fwd"), eps=1e-6, atol=1e-6,
+                rtol=1e-6)
+
+
+def test_spatial_embedding_loss_gradients_background_absent_and_coincident():
+  labels, embeddings, sigmas, seeds = random_spatial_inputs(5)
+  background = labels == 0
+  loss = lambda e, s, z, **options: losses.spatial_embedding_loss(e, s, z, labels, max_instances=4, **options)
+  d_embeddings, d_sigmas, d_seeds = jax.grad(loss, argnums=(0, 1, 2))(embeddings, sigmas, seeds)
+  assert not np.asarray(d_sigmas)[background].any()  # Exactly zero: σ_k and the smoothness use instances only.
+  assert np.abs(np.asarray(d_sigmas)[~background]).max() > 0
+  assert np.abs(np.asarray(d_seeds)[background]).min() > 0  # Regressed to 0.
+  # The paper's hinge takes every pixel of the image as a negative of every other instance: background
+  # embeddings get gradient from it, and from nothing else.
+  assert np.abs(np.asarray(d_embeddings)[background]).max() > 0
+  no_hinge = jax.grad(lambda e: loss(e, sigmas, seeds, instance_weight=0.0))(embeddings)
+  assert not np.asarray(no_hinge)[background].any()
+  # Everything of an instance at one point, the centres on top of each other, σ = 0: finite.
+  for e, s in ((np.zeros_like(embeddings), sigmas), (np.where(labels[..., None] == 2, 1.0, embeddings), sigmas),
+               (embeddings, np.zeros_like(sigmas))):
+    value, gradients = jax.value_and_grad(loss, argnums=(0, 1, 2))(e, s, seeds)
+    assert np.isfinite(value) and all(np.isfinite(np.asarray(g)).all() for g in gradients)
+  # No instances and no seed weight: 0 with a zero gradient; absent ids (all but 1) add exactly nothing.
+  empty = lambda e: losses.spatial_embedding_loss(e, sigmas, seeds, np.zeros_like(labels), max_instances=4,
+                                                  seed_weight=0.0)
+  value, gradient = jax.value_and_grad(empty)(embeddings)
+  assert value == 0.0 and not np.asarray(gradient).any()
+  one = np.minimum(labels, 1)
+  np.testing.assert_array_equal(
+      losses.spatial_embedding_loss(embeddings, sigmas, seeds, one, max_instances=4, reduction="none"),
+      losses.spatial_embedding_loss(embeddings, sigmas, seeds, one, max_instances=1, reduction="none"))
+
+
+def test_spatial_extraction_recovers_well_separated_instances():
+  truth = np.zeros((2, 16, 16), np.int32)
+  truth[0, 1:5, 1:9], truth[0, 6:9, 2:14], truth[0, 11:15, 5:8] = 1, 2, 3
+  truth[1, 3:12, 3:12] = 4
+  centres = np.array([[0, 0], [10, 0], [0, 10], [10, 10], [-10, 5]], np.float32)
+  rng = np.random.default_rng(0)
+  embeddings = centres[truth] + rng.normal(0, 0.3, truth.shape + (2,)).astype(np.float32)
+  sigmas = np.full(truth.shape, 2.0, np.float32)  # φ > 0.5 within 2.35 of the seed's embedding.
+  seeds = np.where(truth > 0, 3.0, -3.0) + rng.normal(0, 0.5, truth.shape).astype(np.float32)
+  labels = losses.extract_spatial_instances(embeddings, sigmas, seeds, max_instances=5)
+  assert labels.dtype == jnp.int32 and labels.shape == truth.shape
+  np.testing.assert_array_equal(losses.f2_iou_score(labels, truth, reduction="none"), 1.0)
+  np.testing.assert_array_equal(labels == 0, truth == 0)
+  np.testing.assert_array_equal(jax.jit(lambda e: losses.extract_spatial_instances(
+      e, sigmas, seeds, max_instances=5))(embeddings), labels)
+  # The bound holds, instances are numbered from 1 in the order found, and a high threshold finds nothing.
+  capped = losses.extract_spatial_instances(embeddings, sigmas, seeds, max_instances=2, max_rounds=5)
+  assert set(np.unique(capped).tolist()) == {0, 1, 2}
+  none = losses.extract_spatial_instances(embeddings, sigmas, seeds, max_instances=5, seed_threshold=0.9999)
+  assert not np.asarray(none).any()
+  # Proposals smaller than `min_pixels` are dropped: the 12-pixel ship 3 (3 × 4) goes with min_pixels = 13.
+  small = losses.extract_spatial_instances(embeddings, sigmas, seeds, max_instances=5, min_pixels=13)
+  assert not np.asarray(small)[0, 11:15, 5:8].any() and np.asarray(small)[0, 1:5, 1:9].all()
+
+
+def test_spatial_extraction_inverts_a_trained_like_prediction():
+  """Centres from the truth's mean coordinates, σ from each instance's spread: what the loss trains towards."""
+  truth = np.zeros((1, 20, 20), np.int32)
+  truth[0, 2:8, 2:6], truth[0, 2:8, 6:10], truth[0, 12:18, 4:16] = 1, 2, 3  # 1 and 2 touch.
+  coordinates = np.asarray(losses.pixel_coordinates(20, 20)) * 10.0
+  centres = np.stack([coordinates[truth[0] == k].mean(axis=0) for k in range(4)])
+  embeddings = np.where(truth[..., None] > 0, centres[truth], coordinates[None]).astype(np.float32)
+  sigmas = np.full(truth.shape, 0.5, np.float32)
+  seeds = np.where(truth > 0, 4.0, -4.0).astype(np.float32)
+  labels = losses.extract_spatial_instances(embeddings, sigmas, seeds, max_instances=4)
+  np.testing.assert_array_equal(losses.f2_iou_score(labels, truth, reduction="none"), 1.0)
+  loss = losses.spatial_embedding_loss(embeddings, sigmas, seeds, truth, max_instances=3, coordinates=coordinates)
+  assert loss < 0.01
