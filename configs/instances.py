@@ -17,7 +17,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """`variant`: "" for the synthetic scenes on the 2-core CPU, "airbus" for Kaggle's data in `data_dir`."""
   config = common.base_config()
   config.task = "instances"
-  config.method = "semi_conv"  # The embedding loss: "semi_conv" or "discriminative".
+  config.method = "semi_conv"  # The embedding loss: "semi_conv", "discriminative" or "spatial".
   config.data_source = "synthetic"  # "synthetic" (data/ships.py) or "airbus" (Kaggle's layout in data_dir).
   config.image_size = 64
   # Keyword arguments of data.ships.sample_scene (besides the size).
@@ -36,6 +36,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.discriminative = ml_collections.ConfigDict(dict(
       embedding_dims=4, delta_v=0.5, delta_d=1.5, weight=1.0,
       distance=1.5))  # Between δ_v (an instance's spread) and 2δ_d − δ_v (the nearest other pixel).
+  config.spatial = ml_collections.ConfigDict(dict(
+      output_scale=10.0,  # Centre offsets = this × the network output, in pixels.
+      initial_sigma=3.0,  # σ = this × exp(tanh(network output)), in pixels.
+      seed_threshold=0.5,  # The smallest seed score that starts an instance.
+      weight=1.0))
   config.extraction = ml_collections.ConfigDict(dict(max_instances=12))  # Instances extracted per image.
 
   config.model = ml_collections.ConfigDict()
@@ -65,6 +70,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.max_instances = 16  # Airbus images hold at most 15 ships.
     config.image_size = 256  # 768×768 images resized to this; scored at 768×768.
     config.semi_conv.update(dict(output_scale=40.0, distance=4.0))
+    config.spatial.update(dict(output_scale=40.0, initial_sigma=8.0))
     config.extraction.max_instances = 24
     config.eval.num_examples = 512  # The first validation images.
     config.eval.batch_size = 16

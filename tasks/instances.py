@@ -11,6 +11,11 @@ instance embedding, trained with the foreground binary cross-entropy plus
 * "discriminative": De Brabandere et al.'s pull/push loss on plain
   (translation-invariant) embeddings, extracted the same way with a radius
   between δ_v and 2δ_d − δ_v.
+* "spatial": Neven et al.'s spatial embeddings. Each pixel predicts its
+  ship's centre (an offset plus its coordinate, in pixels), a bandwidth σ
+  (in pixels) and a seed logit, trained with `losses.spatial_embedding_loss`;
+  `losses.extract_spatial_instances` grows instances from the seeds with the
+  learned σ, with no radius to tune.
 
 The baseline labels the connected components of the same predicted
 foreground. Every method is scored with `losses.f2_iou_score`.
@@ -28,6 +33,7 @@ from collections.abc import Callable
 import dataclasses
 import functools
 import os
+from typing import Any
 
 import grain
 import jax
@@ -44,7 +50,7 @@ from tasks import base
 from tasks.base import ConfigError
 from tasks.base import Task
 
-METHODS = ("semi_conv", "discriminative")
+METHODS = ("semi_conv", "discriminative", "spatial")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +58,9 @@ class _Method:
   """How one embedding loss reads the U-Net's output channels after the foreground logit."""
 
   num_channels: int
-  embed: Callable[[jax.Array], jax.Array]  # `(B, H, W, num_channels)` outputs -> what the loss and extraction read.
-  loss: Callable[[jax.Array, jax.Array], jax.Array]  # `(embedding, labels) -> scalar`.
-  extract: Callable[[jax.Array, jax.Array], jax.Array]  # `(foreground probability, embedding) -> labels`.
+  embed: Callable[[jax.Array], Any]  # `(B, H, W, num_channels)` outputs -> what the loss and extraction read.
+  loss: Callable[[Any, jax.Array], jax.Array]  # `(embedding, labels) -> scalar`.
+  extract: Callable[[jax.Array, Any], jax.Array]  # `(foreground probability, embedding) -> labels`.
 
 
 def _method(config: ml_collections.ConfigDict, image_size: int) -> _Method:
@@ -62,6 +68,16 @@ def _method(config: ml_collections.ConfigDict, image_size: int) -> _Method:
     raise ConfigError(f"config.method must be one of {METHODS}, got {config.method!r}.")
   options = config[config.method]
   max_instances = config.max_instances
+  if config.method == "spatial":
+    def embed(outputs):  # (centres e in pixels, bandwidths σ in pixels, seed logits)
+      centres = losses.semi_convolution(options.output_scale * outputs[..., :2], scale=image_size / 2)
+      # σ within a factor e of its initial value: an unbounded exp lets one pixel's σ dominate the smoothness term.
+      return centres, options.initial_sigma * jnp.exp(jnp.tanh(outputs[..., 2])), outputs[..., 3]
+    return _Method(
+        num_channels=4, embed=embed,
+        loss=lambda embedding, labels: losses.spatial_embedding_loss(*embedding, labels, max_instances=max_instances),
+        extract=lambda probability, embedding: losses.extract_spatial_instances(
+            *embedding, max_instances=config.extraction.max_instances, seed_threshold=options.seed_threshold))
   extract = functools.partial(losses.extract_instances, max_instances=config.extraction.max_instances,
                               distance=options.distance)
   if config.method == "semi_conv":
