@@ -74,6 +74,7 @@ class TrainState:
   opt_state: Any
   task_state: Any
   skipped_steps: jax.Array  # Non-finite steps that were not applied (config.on_nonfinite="skip").
+  aggregator_state: Any  # A gradient-level multi-task method's (Task.task_gradients), else ().
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -171,21 +172,48 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
   def rngs():  # (init, loss) keys, derived inside the jitted functions so that nothing runs before them.
     return jax.random.split(jax.random.key(config.seed))
 
+  multi = task.task_gradients
+
+  def shared_leaves(tree, params):
+    """The leaves of `tree` (params, or their per-task gradients) at the shared parameters."""
+    return [leaf for leaf, shared in zip(jax.tree.leaves(tree), jax.tree.leaves(multi.shared(params))) if shared]
+
   def init():
     params, task_state = task.init(rngs()[0])
     zero = jnp.zeros((), jnp.int32)
+    aggregator_state = () if multi is None else multi.aggregator.init(shared_leaves(params, params))
     return TrainState(step=zero, params=params, opt_state=optimizer.init(params), task_state=task_state,
-                      skipped_steps=zero)
+                      skipped_steps=zero, aggregator_state=aggregator_state)
 
   try:
     jax.eval_shape(init)  # Shape errors of the model and config surface here, not in the compiler.
   except ValueError as error:
     raise ConfigError(str(error).splitlines()[0]) from error
 
+  def gradients(state, batch, rng):
+    """`(loss, metrics, task_state, grads, aggregator_state)` of one step."""
+    if multi is None:
+      grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+      (loss, (metrics, task_state)), grads = grad_fn(state.params, state.task_state, batch, rng)
+      return loss, metrics, task_state, grads, state.aggregator_state
+    task_losses, vjp, (metrics, task_state) = jax.vjp(
+        lambda params: multi.task_losses(params, state.task_state, batch, rng), state.params, has_aux=True)
+    # Row i of the Jacobian is the gradient of task i's loss: one vmapped VJP over the basis cotangents.
+    (jacobian,) = jax.vmap(vjp)(jnp.eye(task_losses.shape[0], dtype=task_losses.dtype))
+    shared_rows = shared_leaves(jacobian, state.params)
+    update, aggregator_state = multi.aggregator.update(
+        shared_rows, state.aggregator_state, shared_leaves(state.params, state.params), task_losses=task_losses)
+    update = iter(update)
+    leaves, structure = jax.tree.flatten(jacobian)
+    grads = structure.unflatten([next(update) if shared else leaf.sum(0)  # A head: its own task's gradient.
+                                 for leaf, shared in zip(leaves, jax.tree.leaves(multi.shared(state.params)))])
+    weights = _effective_weights(shared_rows, shared_leaves(grads, state.params))
+    metrics = {**metrics, **{f"weight_{name}": w for name, w in zip(multi.task_names, weights)}}
+    return jnp.sum(task_losses), metrics, task_state, grads, aggregator_state
+
   def step(state, batch):
     rng = jax.random.fold_in(rngs()[1], state.step)
-    grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-    (loss, (metrics, task_state)), grads = grad_fn(state.params, state.task_state, batch, rng)
+    loss, metrics, task_state, grads, aggregator_state = gradients(state, batch, rng)
     squared_norms = jax.tree.map(lambda g: jnp.sum(jnp.square(g.astype(jnp.float32))), grads)
     metrics = {"loss": loss, "grad_norm": jnp.sqrt(sum(jax.tree.leaves(squared_norms))), **metrics}
     finite = {name: jnp.isfinite(value).all() for name, value in metrics.items()}
@@ -193,7 +221,8 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
       finite["grad" + jax.tree_util.keystr(path)] = jnp.isfinite(value)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     applied = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         opt_state=opt_state, task_state=task_state, skipped_steps=state.skipped_steps)
+                         opt_state=opt_state, task_state=task_state, skipped_steps=state.skipped_steps,
+                         aggregator_state=aggregator_state)
     withheld = state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
     all_finite = jnp.stack(list(finite.values())).all()
     return jax.tree.map(lambda a, b: jnp.where(all_finite, a, b), applied, withheld), metrics, finite
@@ -205,6 +234,17 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
       step=jax.jit(step, in_shardings=(replicated, batch_sharding), out_shardings=replicated,
                    donate_argnums=0),
       next_batch=None if task.train_batch is None else jax.jit(task.train_batch, out_shardings=batch_sharding))
+
+
+def _effective_weights(task_grads: list[jax.Array], update: list[jax.Array]) -> jax.Array:
+  """The weights w (N,) with Σᵢ wᵢ gᵢ closest to `update` in least squares, for logging any aggregator alike.
+
+  For the methods that return a combination of the task gradients (mean, MGDA, UPGrad, IMTL-G, …) this is
+  exactly their weighting; for the others (GradDrop) it is the nearest such combination.
+  """
+  gram = sum(jnp.einsum("i...,j...->ij", g, g) for g in task_grads)
+  projections = sum(jnp.einsum("i...,...->i", g, u) for g, u in zip(task_grads, update))
+  return jnp.linalg.pinv(gram.astype(jnp.float32), hermitian=True) @ projections.astype(jnp.float32)
 
 
 class BatchStream:

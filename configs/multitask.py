@@ -1,9 +1,13 @@
-"""Digit localization (per-pixel map) + classification (class vector) with a trainable loss weight α.
+"""Digit localization (per-pixel map) + classification (class vector), and a third head, with multi-task methods.
 
     python train.py --config=configs/multitask.py --workdir=/tmp/multitask
     python train.py --config=configs/multitask.py --config.weighting=fixed --config.alpha=0.1 ...
     python train.py --config=configs/multitask.py --config.weighting=uncertainty ...
-    python train.py --config=configs/multitask.py --config.weighting=dwa ...
+    python train.py --config=configs/multitask.py --config.weighting=upgrad ...
+    python train.py --config=configs/multitask.py:three_tasks --config.weighting=mgda ...
+
+`weighting` names a loss-level weighting (`losses.loss_weighting`) or a gradient-level method
+(`losses.gradient_aggregator`); "three_tasks" adds a scalar head, the digit's size.
 """
 
 import ml_collections
@@ -11,13 +15,23 @@ import ml_collections
 from configs import common
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  """`variant`: "" for localization + classification, "three_tasks" to add the digit's size."""
   config = common.base_config()
   config.task = "multitask"
-  config.weighting = "trainable"  # "fixed", "trainable", "uncertainty" or "dwa".
-  config.alpha = 0.5  # "fixed": the weight of the localization loss (classification gets 1 − α).
+  config.num_tasks = 2  # localization, classification (and size, with 3).
+  # Loss-level: "fixed", "trainable", "uncertainty", "dwa", "rlw", "gls", "famo"; gradient-level: any name
+  # in losses.AGGREGATOR_NAMES ("upgrad", "mgda", "pcgrad", "cagrad", "nash_mtl", "gradnorm", …).
+  config.weighting = "trainable"
+  config.alpha = 0.5  # "fixed" with two tasks: the weight of the localization loss (classification gets 1 − α).
+  config.fixed_weights = ()  # "fixed" with three tasks: the three weights.
   config.dwa_period = 50  # "dwa": steps per period, its "epoch".
   config.dwa_temperature = 2.0
+  # Gradient-level methods aggregate the per-task gradients of these modules of the U-Net: its encoder.
+  config.shared_params = ("ConvBlock_0", "ConvBlock_1", "ConvBlock_2")
+  # Options of losses.gradient_aggregator per method, beyond TorchJD's defaults (CAGrad's c has none there;
+  # 0.5 is LibMTL's and the paper's choice for multi-task benchmarks).
+  config.aggregator_options = ml_collections.ConfigDict(dict(cagrad=dict(c=0.5)))
 
   config.canvas_size = 32
   config.min_digit_size = 12.0
@@ -41,4 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 25
   config.eval_every_steps = 400
   config.checkpoint_every_steps = 400
+  if variant == "three_tasks":
+    config.num_tasks = 3
+    config.fixed_weights = (1 / 3, 1 / 3, 1 / 3)
+  elif variant:
+    raise ValueError(f"Unknown multitask config variant {variant!r}; use '' or 'three_tasks'.")
   return config

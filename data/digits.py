@@ -64,8 +64,9 @@ def cluttered_canvas(
     noise_std: standard deviation of the additive Gaussian noise.
 
   Returns:
-    `{"image": (canvas, canvas, 1), "mask": (canvas, canvas) bool}`, the mask
-    marking the digit's strokes (intensity > 0.5 before clutter and noise).
+    `{"image": (canvas, canvas, 1), "mask": (canvas, canvas) bool, "size": ()}`:
+    the mask marks the digit's strokes (intensity > 0.5 before clutter and
+    noise), and `size` is the digit's side in pixels.
   """
   size_key, offset_key, fragment_key, noise_key = jax.random.split(key, 4)
   size = jax.random.uniform(size_key, minval=min_size, maxval=max_size)
@@ -89,4 +90,4 @@ def cluttered_canvas(
   keys = jax.random.split(fragment_key, fragment_sources.shape[0])
   clutter = jnp.max(jax.vmap(fragment)(keys, fragment_sources), axis=0)
   image = jnp.maximum(drawn, clutter) + noise_std * jax.random.normal(noise_key, drawn.shape)
-  return {"image": image[..., None], "mask": drawn > 0.5}
+  return {"image": image[..., None], "mask": drawn > 0.5, "size": size}

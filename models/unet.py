@@ -172,7 +172,9 @@ class UNet(nn.Module):
   `features[i]` is the width at resolution level i; H and W must be divisible
   by 2^(len(features) − 1). With `num_classes` > 0 it also returns
   `(B, num_classes)` class logits from the average-pooled bottleneck, a
-  second head of a different output shape sharing the encoder. Layers
+  second head of a different output shape sharing the encoder, and with
+  `num_scalars` > 0 a third, `(B, num_scalars)` regression outputs from the
+  same pooled features. Layers
   compute in `dtype` (parameters and normalisation statistics stay
   float32); the outputs are in `dtype`.
   """
@@ -180,6 +182,7 @@ class UNet(nn.Module):
   features: Sequence[int] = (16, 32, 64)
   out_channels: int = 2
   num_classes: int = 0
+  num_scalars: int = 0
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -195,11 +198,11 @@ class UNet(nn.Module):
       skips.append(x)
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = ConvBlock(self.features[-1], dtype=self.dtype)(x)
-    class_logits = None
-    if self.num_classes:
-      class_logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)(jnp.mean(x, axis=(1, 2)))
+    pooled = jnp.mean(x, axis=(1, 2))
+    pooled_heads = [nn.Dense(size, dtype=self.dtype, param_dtype=jnp.float32, name=name)(pooled)
+                    for size, name in ((self.num_classes, "Dense_0"), (self.num_scalars, "Scalars")) if size]
     for level, (features, skip) in enumerate(zip(reversed(self.features[:-1]), reversed(skips))):
       x = ConvTranspose2x2(features, dtype=self.dtype, name=f"ConvTranspose_{level}")(x)
       x = ConvBlock(features, dtype=self.dtype)(jnp.concatenate([x, skip], axis=-1))
     dense_map = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=jnp.float32)(x)
-    return dense_map if class_logits is None else (dense_map, class_logits)
+    return (dense_map, *pooled_heads) if pooled_heads else dense_map

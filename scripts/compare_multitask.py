@@ -1,12 +1,13 @@
-"""Trains every loss weighting of the multi-task experiment over several seeds and prints the table.
+"""Trains every multi-task method of the multi-task experiment over several seeds and prints the table.
 
     python -m scripts.compare_multitask --output_dir=/tmp/multitask_sweep --seeds=0,1,2
+    python -m scripts.compare_multitask --variant=three_tasks --output_dir=/tmp/multitask3_sweep --seeds=0,1,2
 
-Runs `train.train_and_evaluate` on `configs/multitask.py` for fixed α ∈ {0.1,
-0.5, 0.9}, trainable α, uncertainty weighting and DWA (finished runs in
-`--output_dir` are resumed, i.e. skipped), prints held-out IoU and accuracy as
-mean ± standard deviation over the seeds, and writes
-`multitask_weights.png` (weights and weighted losses of the first seed).
+Runs `train.train_and_evaluate` on `configs/multitask.py` (or its `--variant`) for fixed weights, every
+loss-level weighting and every gradient-level method (`--methods` selects some; finished runs in
+`--output_dir` are resumed, i.e. skipped), prints the held-out metrics as mean ± standard deviation over
+the seeds with each method's median step time, and writes `multitask_weights.png` (the task weights and
+losses of the first seed, for `--plot` methods).
 """
 
 import os
@@ -14,6 +15,7 @@ import os
 from absl import app
 from absl import flags
 import jax
+import numpy as np
 
 from configs import multitask as multitask_config
 from scripts import tables
@@ -23,15 +25,41 @@ import train
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "/tmp/multitask_sweep", "Root of the per-run workdirs.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run per method.")
+_VARIANT = flags.DEFINE_string("variant", "", "The configs/multitask.py variant: '' or 'three_tasks'.")
+_METHODS = flags.DEFINE_list("methods", [], "Labels of the methods to run (default: all of the variant).")
+_PLOT = flags.DEFINE_list("plot", ["trainable α", "uncertainty (Kendall et al.)", "UPGrad", "MGDA", "GradNorm",
+                                   "Nash-MTL"], "Labels of the methods whose weights the figure shows.")
 
-METHODS = {
-    "fixed α = 0.1": dict(weighting="fixed", alpha=0.1),
-    "fixed α = 0.5": dict(weighting="fixed", alpha=0.5),
-    "fixed α = 0.9": dict(weighting="fixed", alpha=0.9),
+LOSS_LEVEL = {
     "trainable α": dict(weighting="trainable"),
     "uncertainty (Kendall et al.)": dict(weighting="uncertainty"),
     "DWA (Liu et al.)": dict(weighting="dwa"),
+    "RLW (Lin et al.)": dict(weighting="rlw"),
+    "GLS (Chennupati et al.)": dict(weighting="gls"),
+    "FAMO (Liu et al.)": dict(weighting="famo"),
 }
+GRADIENT_LEVEL = {
+    "mean of the gradients": "mean", "MGDA": "mgda", "PCGrad": "pcgrad", "GradVac": "gradvac", "CAGrad": "cagrad",
+    "Nash-MTL": "nash_mtl", "IMTL-G": "imtl_g", "Aligned-MTL": "aligned_mtl", "UPGrad": "upgrad",
+    "DualProj": "dualproj", "GradDrop": "graddrop", "ConFIG": "config", "random gradient weighting": "random",
+    "GradNorm": "gradnorm",
+}
+
+
+def methods(variant: str) -> dict[str, dict]:
+  """`{label: config overrides}` of every method of `variant`, fixed weights first."""
+  if variant == "three_tasks":
+    fixed = {"fixed (1/3, 1/3, 1/3)": (1 / 3, 1 / 3, 1 / 3), "fixed (0.6, 0.2, 0.2)": (0.6, 0.2, 0.2),
+             "fixed (0.2, 0.6, 0.2)": (0.2, 0.6, 0.2), "fixed (0.2, 0.2, 0.6)": (0.2, 0.2, 0.6)}
+    fixed = {label: dict(weighting="fixed", fixed_weights=weights) for label, weights in fixed.items()}
+  else:
+    fixed = {f"fixed α = {alpha}": dict(weighting="fixed", alpha=alpha) for alpha in (0.1, 0.5, 0.9)}
+  return {**fixed, **LOSS_LEVEL, **{label: dict(weighting=name) for label, name in GRADIENT_LEVEL.items()}}
+
+
+def step_ms(records: list[dict[str, float]]) -> float:
+  """The median training step time (ms) over the logging intervals after the first (which compiles)."""
+  return 1000.0 / float(np.median([r["steps_per_second"] for r in records[1:]]))
 
 
 def main(argv):
@@ -39,27 +67,36 @@ def main(argv):
   # Every run compiles the same programs; share them across runs.
   jax.config.update("jax_compilation_cache_dir", os.path.join(_OUTPUT_DIR.value, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  selected = methods(_VARIANT.value)
+  if _METHODS.value:
+    selected = {label: selected[label] for label in _METHODS.value}
   rows, histories = [], []
-  for label, overrides in METHODS.items():
-    results = []
+  for label, overrides in selected.items():
+    results, times = [], []
     for seed in map(int, _SEEDS.value):
-      config = multitask_config.get_config()
+      config = multitask_config.get_config(_VARIANT.value)
       config.update(dict(overrides, seed=seed, progress_bar=False))
-      workdir = os.path.join(_OUTPUT_DIR.value, f"{config.weighting}_{config.alpha}_seed{seed}")
+      name = "_".join([config.weighting, *map("{:.2f}".format, config.fixed_weights or (config.alpha,))])
+      workdir = os.path.join(_OUTPUT_DIR.value, f"{name}_seed{seed}")
       results.append(train.train_and_evaluate(config, workdir))
-      if seed == int(_SEEDS.value[0]):
-        histories.append((label, base.read_metrics(workdir, "train")))
-    summary = tables.summarise(results, [("iou", "", "{:.3f}"), ("accuracy", "", "{:.3f}")])
-    final = histories[-1][1][-1]
-    summary["weight"] = f"{final['weight_localization']:.3g}"
-    rows.append((label, summary))
-  columns = [("iou", "localization IoU", "{}"), ("accuracy", "classification accuracy", "{}"),
-             ("weight", "final localization weight (seed 0)", "{}")]
+      records = base.read_metrics(workdir, "train")
+      times.append({"step_ms": step_ms(records)})
+      if seed == int(_SEEDS.value[0]) and label in _PLOT.value:
+        histories.append((label, records))
+    metrics = [("iou", "", "{:.3f}"), ("accuracy", "", "{:.3f}"), ("size_error_px", "", "{:.2f}")]
+    rows.append((label, {**tables.summarise(results, metrics), **tables.summarise(times, [("step_ms", "", "{:.0f}")],
+                                                                                  spread=False)}))
+  columns = [("iou", "localization IoU", "{}"), ("accuracy", "classification accuracy", "{}")]
+  if _VARIANT.value == "three_tasks":
+    columns.append(("size_error_px", "size error (px)", "{}"))
+  columns.append(("step_ms", "step (ms, median)", "{}"))
   print(f"{len(_SEEDS.value)} seeds, mean ± standard deviation:\n")
   print(tables.markdown_table(rows, columns))
-  path = os.path.join(_OUTPUT_DIR.value, "multitask_weights.png")
-  multitask.plot_weight_history(histories, path)
-  print(f"\nWrote {path}")
+  if histories:
+    path = os.path.join(_OUTPUT_DIR.value, "multitask_weights.png")
+    num_tasks = multitask_config.get_config(_VARIANT.value).num_tasks
+    multitask.plot_weight_history(histories, multitask.TASK_NAMES[:num_tasks], path)
+    print(f"\nWrote {path}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,31 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class TaskGradients:
+  """What the loop needs to train a multi-task model with a gradient-level method (`Task.task_gradients`).
+
+  The loop differentiates each task's loss separately, with one `jax.vmap` over the VJP of
+  `task_losses` inside the jitted step. The parameters `shared` selects get the update `aggregator`
+  makes of their N per-task gradients; every other parameter (a task's own head) gets the gradient of
+  the summed losses, which is its own task's gradient, as TorchJD's `mtl_backward` does.
+
+  Attributes:
+    task_names: the N tasks; the loop logs `weight_<name>`, the weights of the combination of the task
+      gradients closest to each update.
+    task_losses: `(params, task_state, batch, rng) -> (losses (N,), (metrics, task_state))`, unweighted.
+    shared: `params -> pytree of bools` (the structure of `params`), true for the parameters every task
+      reads.
+    aggregator: an `optax.GradientTransformationExtraArgs` (`losses.gradient_aggregator`) over the list
+      of shared parameter arrays: `update(grads with a leading task axis, state, params, task_losses=...)`.
+  """
+
+  task_names: tuple[str, ...]
+  task_losses: Callable[[PyTree, PyTree, dict[str, jax.Array], jax.Array], tuple[jax.Array, tuple[Metrics, PyTree]]]
+  shared: Callable[[PyTree], PyTree]
+  aggregator: Any
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
   """Everything `train.py` needs to know about one experiment.
 
@@ -42,6 +67,9 @@ class Task:
       process's share of each step's batch (`config.batch_size /
       process_count` examples, NumPy arrays), one element per step in order.
       The loop puts its state in every checkpoint and restores it on resume.
+    task_gradients: for a multi-task model trained by a gradient-level method: the per-task losses,
+      the shared parameters and the aggregator (`TaskGradients`). The loop then differentiates those
+      instead of `loss`, which stays the task's scalar objective for tools that need one.
   """
 
   init: Callable[[jax.Array], tuple[PyTree, PyTree]]
@@ -50,6 +78,7 @@ class Task:
   evaluate: Callable[[PyTree, PyTree], dict[str, float]]
   write_figures: Callable[[PyTree, PyTree, str], list[str]]
   train_loader: Callable[[int, int, int], Any] | None = None
+  task_gradients: TaskGradients | None = None
 
   def __post_init__(self):
     if (self.train_batch is None) == (self.train_loader is None):

@@ -1,19 +1,28 @@
-"""Localization and classification of a digit on a cluttered canvas, one loss weighted two ways.
+"""Localization, classification and (with three tasks) size of a digit on a cluttered canvas.
 
-One input, two heads of different output shapes sharing a U-Net encoder:
-head 1 a per-pixel localization map (sigmoid, binary cross-entropy against
-the digit's stroke mask, averaged over pixels), head 2 the class (softmax
-cross-entropy over 10 digits). The two per-example losses are combined by
-the weighting `config.weighting` (`losses.loss_weighting`): "fixed" with
-(α, 1 − α) on (localization, classification), "trainable" α, "uncertainty"
-or "dwa". Trainable weights live in the parameter pytree under "weighting"
-and are updated by the model's optimizer; DWA's loss history is the task
-state.
+One input, heads of different output shapes sharing a U-Net encoder: head 1
+a per-pixel localization map (sigmoid, binary cross-entropy against the
+digit's stroke mask, averaged over pixels), head 2 the class (softmax
+cross-entropy over 10 digits), and with `config.num_tasks = 3` head 3 a
+scalar, the digit's size rescaled to [0, 1] (squared error), read from the
+same pooled bottleneck as the class.
+
+`config.weighting` names the multi-task method:
+
+* a loss-level weighting (`losses.loss_weighting`): "fixed" ((α, 1 − α) for
+  two tasks, `config.fixed_weights` for three), "trainable" α,
+  "uncertainty", "dwa", "rlw", "gls" or "famo". Trainable weights live in
+  the parameter pytree under "weighting" and are updated by the model's
+  optimizer; any other state of the weighting is the task state.
+* a gradient-level method (`losses.gradient_aggregator`: "upgrad", "mgda",
+  "pcgrad", …): the task hands the loop its per-task losses and the shared
+  parameters (`config.shared_params`, the encoder's blocks), and the loop
+  aggregates the per-task gradients of those (`tasks.base.TaskGradients`).
 
 Held-out evaluation: the localization IoU (prediction = sigmoid > 0.5,
-intersection over union of each image's masks, averaged over images) and
-the classification accuracy, on the held-out digits at fixed random
-placements.
+intersection over union of each image's masks, averaged over images), the
+classification accuracy and, with three tasks, the mean absolute error of
+the size in pixels, on the held-out digits at fixed random placements.
 """
 
 import functools
@@ -21,15 +30,18 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from data import digits
 import losses
 from models import UNet
 from tasks import base
+from tasks.base import ConfigError
 from tasks.base import Task
+from tasks.base import TaskGradients
 
-TASK_NAMES = ("localization", "classification")
+TASK_NAMES = ("localization", "classification", "size")
 
 
 def _sampler(config: ml_collections.ConfigDict, split: dict[str, jax.Array]):
@@ -50,40 +62,78 @@ def _sampler(config: ml_collections.ConfigDict, split: dict[str, jax.Array]):
 
 
 def weighting_from_config(config: ml_collections.ConfigDict) -> losses.LossWeighting:
+  fixed = (config.alpha, 1.0 - config.alpha) if config.num_tasks == 2 else tuple(config.fixed_weights)
   return losses.loss_weighting(
-      config.weighting, num_tasks=len(TASK_NAMES), fixed_weights=(config.alpha, 1.0 - config.alpha),
-      dwa_period=config.dwa_period, dwa_temperature=config.dwa_temperature)
+      config.weighting, num_tasks=config.num_tasks, fixed_weights=fixed, dwa_period=config.dwa_period,
+      dwa_temperature=config.dwa_temperature, seed=config.seed)
+
+
+def shared_mask(config: ml_collections.ConfigDict, params) -> dict:
+  """True for the model's top-level modules that `config.shared_params` names, false elsewhere."""
+  return {"model": {name: jax.tree.map(lambda _, shared=name in config.shared_params: shared, module)
+                    for name, module in params["model"].items()},
+          "weighting": jax.tree.map(lambda _: False, params["weighting"])}
 
 
 def build(config: ml_collections.ConfigDict) -> Task:
-  weighting = weighting_from_config(config)
+  if config.num_tasks not in (2, 3):
+    raise ConfigError(f"config.num_tasks must be 2 or 3, got {config.num_tasks}.")
+  task_names = TASK_NAMES[:config.num_tasks]
+  gradient_level = config.weighting in losses.AGGREGATOR_NAMES
+  weighting = None if gradient_level else weighting_from_config(config)
   model = UNet(features=tuple(config.model.features), out_channels=1, num_classes=10,
-               dtype=base.compute_dtype(config))
+               num_scalars=config.num_tasks - 2, dtype=base.compute_dtype(config))
   split = digits.load_split()
   sample_train = _sampler(config, jax.tree.map(jnp.asarray, split["train"]))
 
   init_model = base.init_on_images(model, (config.canvas_size, config.canvas_size, 1))
 
   def init(rng):
-    weighting_params, weighting_state = weighting.init()
+    weighting_params, weighting_state = ({}, {}) if weighting is None else weighting.init()
     return {"model": init_model(rng), "weighting": weighting_params}, weighting_state
 
   def predict(params, images):
-    """`(map logits, class logits)` in float32, so that the cross-entropies' softmax runs in float32."""
+    """`(map logits, class logits[, size])` in float32, so that the softmax and the losses run in float32."""
     return jax.tree.map(lambda x: x.astype(jnp.float32), model.apply({"params": params["model"]}, images))
 
-  def loss(params, task_state, batch, rng):
+  def relative_size(batch):
+    return (batch["size"] - config.min_digit_size) / (config.max_digit_size - config.min_digit_size)
+
+  def task_losses(params, task_state, batch, rng):
+    """The N unweighted task losses `(N,)`, and the metrics that do not depend on a weighting."""
     del rng
-    map_logits, class_logits = predict(params, batch["image"])
+    map_logits, class_logits, *size = predict(params, batch["image"])
     localization = jnp.mean(
         optax.sigmoid_binary_cross_entropy(map_logits[..., 0], batch["mask"].astype(jnp.float32)), axis=(1, 2))
     classification = optax.softmax_cross_entropy_with_integer_labels(class_logits, batch["label"])
-    task_losses = jnp.stack([jnp.mean(localization), jnp.mean(classification)])
-    total, weights, task_state = weighting.combine(params["weighting"], task_state, task_losses)
-    metrics = {"accuracy": jnp.mean(jnp.argmax(class_logits, -1) == batch["label"])}
-    for name, task_loss, weight in zip(TASK_NAMES, task_losses, weights):
-      metrics.update({f"loss_{name}": task_loss, f"weight_{name}": weight, f"weighted_loss_{name}": weight * task_loss})
+    per_task = [jnp.mean(localization), jnp.mean(classification)]
+    if size:
+      per_task.append(jnp.mean(jnp.square(size[0][:, 0] - relative_size(batch))))
+    metrics = {"accuracy": jnp.mean(jnp.argmax(class_logits, -1) == batch["label"]),
+               **{f"loss_{name}": value for name, value in zip(task_names, per_task)}}
+    return jnp.stack(per_task), (metrics, task_state)
+
+  def loss(params, task_state, batch, rng):
+    values, (metrics, task_state) = task_losses(params, task_state, batch, rng)
+    if weighting is None:  # Gradient-level: the loop aggregates the gradients of `values` instead.
+      return jnp.sum(values), (metrics, task_state)
+    total, weights, task_state = weighting.combine(params["weighting"], task_state, values)
+    for name, value, weight in zip(task_names, values, weights):
+      metrics.update({f"weight_{name}": weight, f"weighted_loss_{name}": weight * value})
     return total, (metrics, task_state)
+
+  task_gradients = None
+  if gradient_level:
+    unknown = set(config.shared_params) - set(jax.eval_shape(init, jax.random.key(0))[0]["model"])
+    if not config.shared_params or unknown:
+      raise ConfigError(
+          f"config.weighting={config.weighting!r} aggregates the gradients of the shared parameters: "
+          f"config.shared_params must name some of the model's modules, got {tuple(config.shared_params)}"
+          f"{f' (unknown: {sorted(unknown)})' if unknown else ''}.")
+    aggregator = losses.gradient_aggregator(config.weighting, seed=config.seed, num_tasks=config.num_tasks,
+                                            **config.aggregator_options.get(config.weighting, {}))
+    task_gradients = TaskGradients(task_names=task_names, task_losses=task_losses,
+                                   shared=functools.partial(shared_mask, config), aggregator=aggregator)
 
   @functools.cache
   def test_set():
@@ -93,12 +143,16 @@ def build(config: ml_collections.ConfigDict) -> Task:
 
   @jax.jit
   def per_example_metrics(params, batch):
-    map_logits, class_logits = predict(params, batch["image"])
+    map_logits, class_logits, *size = predict(params, batch["image"])
     predicted, truth = map_logits[..., 0] > 0, batch["mask"]
     intersection = jnp.sum(predicted & truth, axis=(1, 2))
     union = jnp.sum(predicted | truth, axis=(1, 2))
-    return {"iou": jnp.where(union > 0, intersection / jnp.maximum(union, 1), 1.0),
-            "accuracy": (jnp.argmax(class_logits, -1) == batch["label"]).astype(jnp.float32)}
+    metrics = {"iou": jnp.where(union > 0, intersection / jnp.maximum(union, 1), 1.0),
+               "accuracy": (jnp.argmax(class_logits, -1) == batch["label"]).astype(jnp.float32)}
+    if size:
+      metrics["size_error_px"] = jnp.abs(size[0][:, 0] - relative_size(batch)) * (
+          config.max_digit_size - config.min_digit_size)
+    return metrics
 
   def evaluate(params, task_state):
     del task_state
@@ -108,28 +162,36 @@ def build(config: ml_collections.ConfigDict) -> Task:
   def write_figures(params, task_state, workdir):
     del params, task_state
     return base.write_figure(workdir, "multitask_weights.png", functools.partial(
-        plot_weight_history, [(config.weighting, base.read_metrics(workdir, "train"))]))
+        plot_weight_history, [(config.weighting, base.read_metrics(workdir, "train"))], task_names))
 
   return Task(init=init, train_batch=base.sampled_batches(sample_train, config.batch_size), loss=loss,
-              evaluate=evaluate, write_figures=write_figures)
+              evaluate=evaluate, write_figures=write_figures, task_gradients=task_gradients)
 
 
-def plot_weight_history(runs: list[tuple[str, list[dict[str, float]]]], path: str) -> None:
-  """For each `(label, train records)`: the localization weight α and both weighted losses over training."""
+def plot_weight_history(runs: list[tuple[str, list[dict[str, float]]]], task_names: tuple[str, ...],
+                        path: str) -> None:
+  """For each `(label, train records)`: each task's weight, normalised to sum to 1, and its loss over training.
+
+  A gradient-level method's weights are those of the combination of the task gradients closest to its
+  update, as the loop logs them.
+  """
   plt = base.pyplot()
 
-  figure, (weight_axis, loss_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+  figure, axes = plt.subplots(1, 1 + len(task_names), figsize=(5 * (1 + len(task_names)), 4.5), squeeze=False)
+  weight_axis, loss_axes = axes[0, 0], axes[0, 1:]
+  styles = ("-", "--", ":")
   for (label, records), colour in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4):
     steps = [r["step"] for r in records]
-    weight_axis.plot(steps, [r["weight_localization"] for r in records], color=colour, label=label)
-    for name, style in zip(TASK_NAMES, ("-", "--")):
-      loss_axis.plot(steps, [r[f"weighted_loss_{name}"] for r in records], style, color=colour,
-                     label=f"{label}: {name}")
-  weight_axis.set(xlabel="step", ylabel="weight of the localization loss", yscale="log",
-                  title="α (uncertainty: 1/(2σ²); DWA: w, sums to 2)")
-  loss_axis.set(xlabel="step", ylabel="weighted training loss", yscale="log",
-                title="weighted losses (solid: localization, dashed: classification)")
-  weight_axis.legend(fontsize=7)
+    weights = np.array([[r[f"weight_{name}"] for name in task_names] for r in records])
+    shares = weights / np.maximum(np.abs(weights).sum(axis=1, keepdims=True), 1e-12)
+    for index, (name, style) in enumerate(zip(task_names, styles)):
+      weight_axis.plot(steps, shares[:, index], style, color=colour, label=f"{label}: {name}")
+      loss_axes[index].plot(steps, [r[f"loss_{name}"] for r in records], color=colour, label=label)
+      loss_axes[index].set(xlabel="step", ylabel="training loss", yscale="log", title=f"{name} loss")
+  weight_axis.set(xlabel="step", ylabel="share of the task's weight",
+                  title=f"weights / their sum ({', '.join(f'{s} {n}' for s, n in zip(styles, task_names))})")
+  weight_axis.legend(fontsize=6)
+  loss_axes[0].legend(fontsize=7)
   figure.tight_layout()
   figure.savefig(path, dpi=80)
   plt.close(figure)

@@ -67,8 +67,9 @@ def assert_same_run(workdir, reference):
     assert without_timing(read_metrics(workdir, split)) == without_timing(read_metrics(reference, split))
 
 
-# Procedural data replay from the step; the Airbus loader's Grain iterator resumes from its checkpointed state.
-@pytest.mark.parametrize("experiment", ["orientation", "airbus"])
+# Procedural data replay from the step; the Airbus loader's Grain iterator resumes from its checkpointed state;
+# three_tasks trains with GradNorm, whose weights and initial losses are aggregator state.
+@pytest.mark.parametrize("experiment", ["orientation", "airbus", "three_tasks"])
 def test_killed_preempted_and_damaged_runs_resume_to_the_uninterrupted_result(tmp_path, experiment):
   """One run stopped in every way in turn; each restart is the same command. Checkpoints every 4 steps."""
   reference, run_dir = tmp_path / "reference", tmp_path / "run"

@@ -13,6 +13,7 @@ from configs import orientation
 from configs import propel
 import tasks
 from tasks.base import read_metrics
+import tasks.multitask
 import tiny_configs
 import train
 
@@ -81,22 +82,38 @@ def test_propel_experiment_runs_a_few_steps(tmp_path, loss):
   assert "nll" in metrics
 
 
-# "trainable" has weighting parameters and "dwa" weighting state.
-@pytest.mark.parametrize("weighting", ["trainable", "dwa"])
+# "trainable" has weighting parameters and "dwa" weighting state; "upgrad" and "nash_mtl" solve problems in
+# the Gramian, "graddrop" is random; the tiny three-task config runs GradNorm in the tests over EXPERIMENTS.
+@pytest.mark.parametrize("weighting", ["trainable", "dwa", "upgrad", "nash_mtl", "graddrop"])
 def test_multitask_experiment_runs_a_few_steps(tmp_path, weighting):
   metrics = train.train_and_evaluate(tiny_config("multitask", weighting=weighting, num_train_steps=2), str(tmp_path))
   assert 0 <= metrics["iou"] <= 1 and 0 <= metrics["accuracy"] <= 1
   records = read_metrics(tmp_path, "train")
-  assert all(np.isfinite(r["weighted_loss_localization"]) for r in records)
+  assert all(np.isfinite(r["weight_localization"]) and np.isfinite(r["loss_classification"]) for r in records)
+
+
+def test_three_tasks_train_and_report_the_size_error(tmp_path):
+  metrics = train.train_and_evaluate(tiny_config("three_tasks", num_train_steps=2), str(tmp_path))
+  assert metrics["size_error_px"] >= 0 and 0 <= metrics["iou"] <= 1
+  assert {"weight_size", "loss_size"} <= set(read_metrics(tmp_path, "train")[-1])
+
+
+@pytest.mark.parametrize("shared_params, message", [
+    ((), r"shared_params must name some of the model's modules, got \(\)"), (("Encoder",), r"unknown: \['Encoder'\]")])
+def test_a_gradient_level_method_needs_shared_parameters(shared_params, message):
+  with pytest.raises(tasks.ConfigError, match=message):
+    train.build_training(tiny_config("multitask", weighting="upgrad", shared_params=shared_params))
 
 
 @pytest.mark.parametrize("experiment", list(tiny_configs.EXPERIMENTS))
 def test_every_task_draws_its_figures(tmp_path, experiment):
-  task = tasks.build(tiny_config(experiment))
-  if experiment == "multitask":  # Its figure is the history of the weights in the train records.
+  config = tiny_config(experiment)
+  task = tasks.build(config)
+  if config.task == "multitask":  # Its figure is the history of the weights and losses in the train records.
+    names = tasks.multitask.TASK_NAMES[:config.num_tasks]
     with open(tmp_path / "metrics.jsonl", "w", encoding="utf-8") as f:
-      f.writelines(json.dumps({"step": s, "split": "train", "weight_localization": 0.5, "weighted_loss_localization":
-                               1.0 / s, "weighted_loss_classification": 2.0 / s}) + "\n" for s in (1, 2))
+      f.writelines(json.dumps({"step": s, "split": "train", **{f"weight_{n}": 0.5 for n in names},
+                               **{f"loss_{n}": 1.0 / s for n in names}}) + "\n" for s in (1, 2))
   paths = task.write_figures(*jax.device_get(task.init(jax.random.key(0))), str(tmp_path))
   assert paths and all(os.path.getsize(path) > 0 for path in paths)
 

@@ -36,6 +36,17 @@ def _multitask() -> ml_collections.ConfigDict:
   config = multitask.get_config()
   config.update(dict(canvas_size=16, min_digit_size=8.0, max_digit_size=10.0, dwa_period=1))
   config.model.features = (4,)
+  config.shared_params = ("ConvBlock_0",)  # The one level's block; the heads are Conv_0 and Dense_0.
+  config.eval.num_examples = 16
+  return config
+
+
+def _three_tasks() -> ml_collections.ConfigDict:
+  """A gradient-level method with state (GradNorm's weights and initial losses) on three heads."""
+  config = multitask.get_config("three_tasks")
+  config.update(dict(canvas_size=16, min_digit_size=8.0, max_digit_size=10.0, weighting="gradnorm"))
+  config.model.features = (4, 8)
+  config.shared_params = ("ConvBlock_0", "ConvBlock_1")
   config.eval.num_examples = 16
   return config
 
@@ -60,7 +71,8 @@ def _airbus() -> ml_collections.ConfigDict:
   return config
 
 
-EXPERIMENTS = {"orientation": _orientation, "propel": _propel, "multitask": _multitask, "instances": _instances}
+EXPERIMENTS = {"orientation": _orientation, "propel": _propel, "multitask": _multitask, "three_tasks": _three_tasks,
+               "instances": _instances}
 DATA_SETS = {"airbus": _airbus}  # Configs of experiments that read files: not in the loops over EXPERIMENTS.
 
 
