@@ -34,6 +34,8 @@ Examples:
   0.145
 """
 
+from losses.aggregators import AGGREGATOR_NAMES
+from losses.aggregators import gradient_aggregator
 from losses.angular import angular_distance
 from losses.angular import angular_loss
 from losses.angular import decode_orientation
@@ -64,6 +66,7 @@ from losses.propel import split_mixture
 __version__ = "0.2.0"
 
 __all__ = (
+    "AGGREGATOR_NAMES",
     "LossWeighting",
     "angular_distance",
     "angular_loss",
@@ -77,6 +80,7 @@ __all__ = (
     "extract_instances",
     "extract_spatial_instances",
     "f2_iou_score",
+    "gradient_aggregator",
     "log_gaussian_overlap",
     "loss_weighting",
     "mixture_log_density",

@@ -40,11 +40,42 @@ to α* = 1e-5).
 * "dwa": Dynamic Weight Average (Liu, Johns, Davison, CVPR 2019),
   wᵢ = N·softmax(rᵢ/T) with rᵢ = Lᵢ(t−1)/Lᵢ(t−2) the ratio of the average
   losses over the two previous periods ("epochs") of `period` steps;
-  wᵢ = 1 for the first two periods.
+  wᵢ = 1 for the first two periods;
+* "rlw": Random Loss Weighting (Lin, Ye, Xu, Shi, Zhang, "Reasonable
+  Effectiveness of Random Weighting: A Litmus Test for Multi-Task Learning",
+  TMLR 2022), wᵢ = softmax(z)ᵢ with z ~ N(0, I) drawn anew at every step, as
+  LibMTL's default ("Normal"); the PRNG key lives in the state (option `seed`)
+  and is split at every step;
+* "gls": Geometric Loss Strategy (Chennupati et al., "MultiNet++", CVPR 2019
+  workshops), the total (Πᵢ Lᵢ)^(1/N) (computed as exp(mean log Lᵢ), so the
+  losses must be positive), whose gradient weights the task losses by
+  (Πⱼ Lⱼ)^(1/N)/(N·Lᵢ): the reported weights. LibMTL 1.1.5 reports
+  Lᵢ/(N·Πⱼ Lⱼ) instead, which is not the weight its own total applies;
+* "famo": Fast Adaptive Multitask Optimization (Liu, Liu, Jin, Stone, Liu,
+  NeurIPS 2023). Logits ξ (state, initially 0) give z = softmax(ξ), and the
+  task losses are weighted by wᵢ = (zᵢ/Dᵢ)/Σⱼ(zⱼ/Dⱼ) with Dᵢ = Lᵢ + 1e-8, so
+  the model follows Σᵢ zᵢ∇log Lᵢ, rescaled. The logits then move with the
+  observed decrease of the log losses, δᵢ = log Dᵢ(before) − log Dᵢ(after),
+  along −(∂z/∂ξ)ᵀδ plus a weight decay γ·ξ. Where the sources differ: the
+  paper's Algorithm 1 takes a plain gradient step of size β on the logits,
+  while LibMTL (which added FAMO after 1.1.5) and the official code use Adam
+  (torch defaults β₁ = 0.9, β₂ = 0.999, ε = 1e-8) with learning rate
+  `famo_lr` = 0.025 and `famo_weight_decay` γ = 1e-3 added to the gradient;
+  this follows LibMTL (Adam, its defaults, the 1e-8 offset, lower bounds
+  Lᵢ* = 0). Both take "after" as the losses of the same batch re-evaluated
+  after the model's step (an extra forward pass); a `combine` sees one set of
+  losses per step, so here δ compares the losses passed at consecutive calls
+  (the previous batch before the step with the current batch after it), and
+  the logits are updated at the start of the next call, before its weights
+  are computed. That is the same ordering as LibMTL, with δ noisier by the
+  difference between batches. The first call only records the losses. The
+  returned total is Σᵢ sg(wᵢ)·Lᵢ, whose gradient equals LibMTL's
+  Σᵢ zᵢ log Dᵢ / c.
 
 GradNorm (Chen et al., ICML 2018) needs the gradient norm of every task loss
 with respect to the shared layer, which a loss-level interface does not see;
-it is not provided.
+it is `losses.gradient_aggregator("gradnorm")`, with the other methods that
+combine the task gradients themselves (`losses.aggregators`).
 """
 
 from collections.abc import Callable, Sequence
@@ -57,6 +88,8 @@ from jax.typing import ArrayLike
 from losses import _common
 
 PyTree = Any
+
+LOSS_WEIGHTING_NAMES = ("fixed", "trainable", "uncertainty", "dwa", "rlw", "gls", "famo")
 
 
 def _as_scalar_loss(loss: ArrayLike, name: str) -> jax.Array:
@@ -237,15 +270,21 @@ def loss_weighting(
     fixed_weights: Sequence[float] = (),
     dwa_period: int = 100,
     dwa_temperature: float = 2.0,
+    famo_lr: float = 0.025,
+    famo_weight_decay: float = 1e-3,
+    seed: int = 0,
 ) -> LossWeighting:
-  """The weighting `name`: "fixed", "trainable", "uncertainty" or "dwa" (see the module docstring).
+  """The weighting `name`, one of `losses.multitask.LOSS_WEIGHTING_NAMES` (see the module docstring).
 
   Args:
-    name: the method.
+    name: the method: "fixed", "trainable", "uncertainty", "dwa", "rlw", "gls" or "famo".
     num_tasks: N.
     fixed_weights: the N weights of "fixed".
     dwa_period: steps per DWA period (its "epoch").
     dwa_temperature: DWA's T > 0.
+    famo_lr: the Adam learning rate of FAMO's logits (LibMTL's `FAMO_w_lr`).
+    famo_weight_decay: FAMO's γ ≥ 0, the decay added to the logits' gradient (LibMTL's `FAMO_w_gamma`).
+    seed: the seed of the PRNG key that "rlw" keeps in its state.
 
   Returns:
     The `LossWeighting`: `init() -> (params, state)` and
@@ -253,7 +292,8 @@ def loss_weighting(
 
   Raises:
     ValueError: for an unknown `name`, `num_tasks` < 1, `dwa_period` < 1,
-      `dwa_temperature` ≤ 0 or `fixed_weights` of the wrong length.
+      `dwa_temperature` ≤ 0, `famo_lr` ≤ 0, `famo_weight_decay` < 0 or
+      `fixed_weights` of the wrong length.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -263,6 +303,11 @@ def loss_weighting(
     >>> total, weights, state = jax.jit(weighting.combine)(params, state, jnp.array([3.0, 1.0]))
     >>> print(weights)  # equal at the start; training the logits moves them to (1/4, 3/4)
     [0.5 0.5]
+    >>> famo = losses.loss_weighting("famo", num_tasks=2)
+    >>> params, state = famo.init()
+    >>> total, weights, state = famo.combine(params, state, jnp.array([3.0, 1.0]))
+    >>> print(weights.round(2))  # z = (1/2, 1/2) at first: wᵢ ∝ zᵢ/Lᵢ, a step along ∇(log L₁ + log L₂)
+    [0.25 0.75]
   """
   num_tasks = _common.check_int(num_tasks, "num_tasks", minimum=1)
   if name == "fixed":
@@ -316,4 +361,72 @@ def loss_weighting(
       return jnp.sum(weights * task_losses), weights, new_state
     return LossWeighting(init=init_dwa, combine=combine_dwa)
 
-  raise ValueError(f"Unknown loss weighting {name!r}; use 'fixed', 'trainable', 'uncertainty' or 'dwa'.")
+  if name == "rlw":
+    seed = _common.check_int(seed, "seed")
+
+    def combine_rlw(params, state, task_losses):
+      del params
+      task_losses = _check_task_losses(task_losses, num_tasks)
+      key, draw = jax.random.split(state["key"])
+      weights = jax.nn.softmax(jax.random.normal(draw, (num_tasks,), task_losses.dtype))
+      return jnp.sum(weights * task_losses), weights, {"key": key}
+    return LossWeighting(init=lambda: ({}, {"key": jax.random.PRNGKey(seed)}), combine=combine_rlw)
+
+  if name == "gls":
+    def combine_gls(params, state, task_losses):
+      del params
+      task_losses = _check_task_losses(task_losses, num_tasks)
+      total = jnp.exp(jnp.mean(jnp.log(task_losses)))
+      weights = jax.lax.stop_gradient(total / (num_tasks * task_losses))
+      return total, weights, state
+    return LossWeighting(init=lambda: ({}, {}), combine=combine_gls)
+
+  if name == "famo":
+    _common.check_number(famo_lr, "famo_lr", minimum=0.0, strict=True)
+    _common.check_number(famo_weight_decay, "famo_weight_decay", minimum=0.0)
+
+    def init_famo():
+      zeros = jnp.zeros(num_tasks)
+      return {}, {"logits": zeros, "adam_mu": zeros, "adam_nu": zeros, "adam_count": jnp.zeros((), jnp.int32),
+                  "previous_log_losses": zeros, "calls": jnp.zeros((), jnp.int32)}
+
+    def combine_famo(params, state, task_losses):
+      del params
+      task_losses = _check_task_losses(task_losses, num_tasks)
+      log_losses = jnp.log(jax.lax.stop_gradient(task_losses) + _FAMO_OFFSET)
+      logits, adam = _famo_logits_step(state, log_losses, famo_lr, famo_weight_decay)
+      z = jax.nn.softmax(logits)
+      ratios = z / (jax.lax.stop_gradient(task_losses) + _FAMO_OFFSET)
+      weights = ratios / jnp.sum(ratios)
+      new_state = {"logits": logits, **adam, "previous_log_losses": log_losses,
+                   "calls": jnp.minimum(state["calls"] + 1, 2)}
+      new_state = {k: v.astype(state[k].dtype) for k, v in new_state.items()}
+      return jnp.sum(weights * task_losses), weights, new_state
+    return LossWeighting(init=init_famo, combine=combine_famo)
+
+  raise ValueError(f"Unknown loss weighting {name!r}; use one of {LOSS_WEIGHTING_NAMES}.")
+
+
+_FAMO_OFFSET = 1e-8  # LibMTL's shift of the losses before their logarithm (its lower bounds Lᵢ* are 0).
+
+
+def _famo_logits_step(state, log_losses, learning_rate, weight_decay):
+  """FAMO's logits after one Adam step (torch.optim.Adam's rule) on (∂z/∂ξ)ᵀδ + γξ; unchanged at the first call.
+
+  δ = the log losses recorded at the previous call − `log_losses`.
+  """
+  logits = state["logits"]
+  delta = state["previous_log_losses"] - log_losses
+  z = jax.nn.softmax(logits)
+  gradient = z * (delta - jnp.sum(z * delta)) + weight_decay * logits
+  count = state["adam_count"] + 1
+  mu = 0.9 * state["adam_mu"] + 0.1 * gradient
+  nu = 0.999 * state["adam_nu"] + 0.001 * gradient ** 2
+  mu_hat = mu / (1.0 - 0.9 ** count.astype(logits.dtype))
+  nu_hat = nu / (1.0 - 0.999 ** count.astype(logits.dtype))
+  stepped = logits - learning_rate * mu_hat / (jnp.sqrt(nu_hat) + 1e-8)
+  first = state["calls"] == 0
+  keep = lambda old, new: jnp.where(first, old, new)
+  adam = {"adam_mu": keep(state["adam_mu"], mu), "adam_nu": keep(state["adam_nu"], nu),
+          "adam_count": keep(state["adam_count"], count)}
+  return keep(logits, stepped), adam

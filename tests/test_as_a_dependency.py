@@ -100,7 +100,8 @@ CASES = {
 }
 
 # Public names that are not array functions of their own.
-NOT_ARRAY_FUNCTIONS = {"LossWeighting", "loss_weighting"}
+# Builders of transformations, not array functions; tests/test_aggregators.py runs every aggregator under jit.
+NOT_ARRAY_FUNCTIONS = {"LossWeighting", "loss_weighting", "AGGREGATOR_NAMES", "gradient_aggregator"}
 
 
 def test_every_public_function_has_a_case():

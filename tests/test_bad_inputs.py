@@ -181,6 +181,8 @@ CASES = [
      TypeError, says("`before_previous_losses`", "floating-point")),
     ("dwa_weights/temperature", lambda: losses.dwa_weights(f32(2), f32(2), temperature=0.0),
      ValueError, says("`temperature` must be > 0")),
+    ("gradient_aggregator/name", lambda: losses.gradient_aggregator("sum"), ValueError, "sum"),
+    ("gradient_aggregator/missing option", lambda: losses.gradient_aggregator("cagrad"), ValueError, "c"),
     ("loss_weighting/name", lambda: losses.loss_weighting("gradnorm", num_tasks=2),
      ValueError, says("Unknown loss weighting 'gradnorm'")),
     ("loss_weighting/num_tasks 0", lambda: losses.loss_weighting("trainable", num_tasks=0),
@@ -373,7 +375,7 @@ CASES = [
      TypeError, says("`width`", "int")),
 ]
 
-PUBLIC = sorted(set(losses.__all__) - {"LossWeighting"})
+PUBLIC = sorted(set(losses.__all__) - {"LossWeighting", "AGGREGATOR_NAMES"})
 
 
 def test_every_public_function_has_bad_input_cases():
