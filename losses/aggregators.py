@@ -64,7 +64,8 @@ differences:
 
 * "mgda": TorchJD runs Frank-Wolfe (Sener & Koltun's Algorithm 2) for at most
   100 iterations, stopping once the step is below 1e-3, so its answer is
-  approximate (its update is up to ~1e-2 away from the minimum-norm point);
+  approximate (its update is up to 4e-2 of the largest gradient norm away
+  from the minimum-norm point, and never shorter than ours);
   here the QP is solved to rounding, so the options are this solver's
   (`max_iters`), not Frank-Wolfe's `epsilon`.
 * "nash_mtl": TorchJD (after the official code) linearises the problem and
@@ -100,31 +101,42 @@ QP library is used at run time.
   the simplex by sorting), then 3N + 4 steps of the primal active-set method
   (Nocedal & Wright, Algorithm 16.3), each an exact solve of the equality
   constrained problem on the current face, with a ridge of 1e-13 (float64) or
-  1e-6 (float32) on the Gramian so that faces of linearly dependent rows stay
-  solvable. The active-set phase ends at the exact solution once it has the
-  right face (from the uniform start alone it needed at most 20 steps on
-  3000 random problems with N ≤ 10, including dependent rows and N > P). In
-  float64 the updates match quadprog (via TorchJD) to 1e-9 relative and the
-  MGDA solutions satisfy their optimality conditions to 1e-10 (tests).
+  1e-6 (float32) times each diagonal entry of the Gramian so that faces of
+  linearly dependent rows stay solvable. The active-set phase ends at the
+  exact solution once it has the right face. On 1000 random problems (N = 6,
+  P from 3 to 100, gradient norms spanning three decades, conflicting and
+  dependent rows, 0 in the hull) the float64 UPGrad updates match quadprog
+  to 5e-10 relative and the MGDA solutions satisfy their optimality
+  conditions (gᵢ·d ≥ ‖d‖², with equality on the support) to 1e-14 of
+  trace(G); the tests check 1e-6 against TorchJD and 1e-9 of the largest
+  squared gradient norm.
 * CAGrad's objective g_w·g₀ + ρ‖g_w‖ is non-smooth; it equals
   min_{t>0} g_w·g₀ + ρ(‖g_w‖²/(2t) + t/2), jointly convex in (w, t), so the
   optimal t = ‖g_{w(t)}‖ is found by 40 bisection steps on log t in
   [1e-9, 1] (the normalised rows have norms ≤ 1), each solving the simplex QP
-  in w warm-started from the previous one. Matches TorchJD's Clarabel
-  solution to 1e-6 relative (float64).
+  in w warm-started from the previous one. TorchJD's Clarabel solution is
+  within 5e-4 relative (float64), and ours is never worse on the problem's
+  objective minᵢ gᵢ·d. Near Pareto-stationary points, where the optimal ‖g_w‖
+  is close to `norm_eps`, float32 may fall on the other side of that guard
+  and return the zero update.
 * Nash-MTL solves Gw = 1/w as the minimiser of the self-concordant
-  ½wᵀGw − Σᵢ log wᵢ, by damped Newton steps (step 1/(1 + λ), λ the Newton
-  decrement, full steps once λ < 1/4), which stay positive; G is scaled to
-  unit Frobenius norm and the previous weights (state) are the warm start.
-  20 steps reach a residual ‖Gw − 1/w‖ below 1e-10 on the tested problems.
+  ½wᵀGw − Σᵢ log wᵢ by Newton's method, with iterates kept positive; G is
+  scaled to unit Frobenius norm and the previous weights (state), rescaled to
+  the best multiple along their ray, are the warm start. Each step takes the
+  best of 30 halvings of the largest positive step, and the full Newton step
+  once the decrement is below 0.1. 20 steps reach
+  maxᵢ|wᵢ(Gw)ᵢ − 1| < 1e-9 on every tested problem (including dependent
+  rows), where TorchJD's solution often stops far from it (residuals above 1
+  on 7 of the 12 test matrices); where TorchJD converges, the updates agree
+  to 1e-5.
 * Pseudo-inverses (IMTL-G, ConFIG) and eigendecompositions (Aligned-MTL) use
   the same relative thresholds as TorchJD: N·eps·σ_max.
 * Gradients are combined in at least float32 (bfloat16 leaves are upcast) and
   each update leaf is returned in its parameter's dtype; matrix products use
   `Precision.HIGHEST`, so accelerators do not fall back to reduced-precision
-  matmuls. In float32 the QP-based updates are accurate to ~1e-2 of the
-  largest gradient norm on ill-conditioned problems (the minimum-norm point
-  is only determined to √eps there) and to ~1e-5 on well-conditioned ones.
+  matmuls. In float32 the QP-based updates are within 1e-7 of the largest
+  gradient norm of the float64 ones on typical problems (the median over the
+  1000 problems above) and within 6e-4 on the worst, ill-conditioned ones.
 
 State. `init(params)` returns an `AggregatorState` (a NamedTuple of arrays,
 so it checkpoints with Orbax): `count` (updates so far), `key` (the PRNG key

@@ -32,7 +32,7 @@ def _labels(*shape, high=3):
 
 
 MIXTURE = np.concatenate([_floats(4, 3, 2), RNG.uniform(0.2, 1.0, (4, 3, 2)).astype(np.float32)], axis=-1)
-WEIGHTING_NAMES = ("fixed", "trainable", "uncertainty", "dwa")
+WEIGHTING_NAMES = ("fixed", "trainable", "uncertainty", "dwa", "rlw", "gls", "famo")
 
 
 def _weighting_combine(name):
@@ -43,6 +43,21 @@ def _weighting_combine(name):
     return weighting.combine(params, state, task_losses)[:2]
   return combine
 
+
+def _aggregator_update(name, **options):
+  """`(kernel gradients (3, 2, 2), bias gradients (3, 3)) -> (update, state)` of aggregator `name`, from init."""
+  def update(kernel, bias):
+    grads = {"kernel": kernel, "bias": bias}
+    aggregator = losses.gradient_aggregator(name, num_tasks=3, **options)
+    params = jax.tree.map(lambda g: jnp.zeros_like(g[0]), grads)
+    task_losses = jnp.array([1.0, 2.0, 0.5], jnp.result_type(kernel))
+    return aggregator.update(grads, aggregator.init(params), params, task_losses=task_losses)
+  return update
+
+
+# A QP solved by projected gradient and active set (mgda), Newton steps under `lax.cond` with state (nash_mtl),
+# random draws per coordinate (graddrop), state and task losses (gradnorm).
+AGGREGATOR_CASES = ("mgda", "nash_mtl", "graddrop", "gradnorm")
 
 # name -> (function of arrays, the arrays: the first is traced, the others captured)
 CASES = {
@@ -97,11 +112,13 @@ CASES = {
                                    _floats(2, 5, 5))),
     **{f"loss_weighting/{name}": (_weighting_combine(name), (np.array([1.5, 0.5], np.float32),))
        for name in WEIGHTING_NAMES},
+    **{f"gradient_aggregator/{name}": (_aggregator_update(name), (_floats(3, 2, 2), _floats(3, 3)))
+       for name in AGGREGATOR_CASES},
 }
 
-# Public names that are not array functions of their own.
-# Builders of transformations, not array functions; tests/test_aggregators.py runs every aggregator under jit.
-NOT_ARRAY_FUNCTIONS = {"LossWeighting", "loss_weighting", "AGGREGATOR_NAMES", "gradient_aggregator"}
+# Public names that are not array functions of their own (`loss_weighting` and `gradient_aggregator` have cases
+# for their methods; tests/test_aggregators.py runs every aggregator under jit in float32 and float64).
+NOT_ARRAY_FUNCTIONS = {"LossWeighting", "loss_weighting", "AGGREGATOR_NAMES"}
 
 
 def test_every_public_function_has_a_case():

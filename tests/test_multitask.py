@@ -1,6 +1,10 @@
 """Multi-task weightings against their formulas, hand-computed cases and a convergence check."""
 
+import importlib
+import importlib.util
 import math
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import reference_package
 import losses
 
 
@@ -150,3 +155,184 @@ def test_fixed_weighting_and_bad_inputs():
     losses.trainable_alpha_loss(0.5, jnp.ones((2, 3)), 1.0)
   with pytest.raises(TypeError, match="loss_2"):
     losses.trainable_alpha_loss(0.5, 1.0, jnp.array(1))
+
+
+# Random loss weighting, the geometric loss strategy and FAMO, against their formulas and LibMTL.
+
+
+def libmtl_weighting(name: str):
+  """LibMTL's module `LibMTL.weighting.<name>`, imported without running `LibMTL/__init__.py`.
+
+  That file imports LibMTL's architectures and trainer, hence torchvision, which fails to import where the
+  installed torchvision was built for another torch; the weighting modules need only torch and NumPy.
+  """
+  if "LibMTL" not in sys.modules:
+    spec = importlib.util.find_spec("LibMTL")
+    if spec is None:
+      reference_package("LibMTL")  # Skips, or fails under REQUIRE_REFERENCE_PACKAGES=1.
+    package = types.ModuleType("LibMTL")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["LibMTL"] = package
+  return importlib.import_module(f"LibMTL.weighting.{name}")
+
+
+def _libmtl_stand_in(module, num_tasks, **attributes):
+  """A LibMTL weighting with the attributes its trainer sets (task count, device, epoch, loss buffer)."""
+  weighting = getattr(module, module.__name__.rsplit(".", 1)[1])()
+  weighting.task_num, weighting.device, weighting.rep_grad = num_tasks, "cpu", False
+  for name, value in attributes.items():
+    setattr(weighting, name, value)
+  return weighting
+
+
+def test_rlw_weights_are_a_softmax_of_standard_normals_drawn_from_the_state_key():
+  weighting = losses.loss_weighting("rlw", num_tasks=3, seed=5)
+  params, state = weighting.init()
+  np.testing.assert_array_equal(state["key"], jax.random.PRNGKey(5))
+  task_losses = jnp.array([1.0, 2.0, 4.0])
+  total, weights, new_state = jax.jit(weighting.combine)(params, state, task_losses)
+  _, draw = jax.random.split(jax.random.PRNGKey(5))
+  np.testing.assert_allclose(weights, jax.nn.softmax(jax.random.normal(draw, (3,))), rtol=1e-6)
+  np.testing.assert_allclose(total, weights @ task_losses, rtol=1e-6)
+  assert not (new_state["key"] == state["key"]).all()
+  again = weighting.combine(params, state, task_losses)[1]
+  np.testing.assert_array_equal(again, weights)  # The same state, the same draw.
+
+  @jax.jit
+  def many(state):
+    return jax.lax.scan(lambda s, _: weighting.combine(params, s, task_losses)[:0:-1], state, None, length=3000)[1]
+
+  drawn = np.asarray(many(state))
+  assert len({tuple(w) for w in drawn.round(6)}) == 3000
+  centred = np.log(drawn) - np.log(drawn).mean(axis=1, keepdims=True)  # z − z̄ for z ~ N(0, I₃).
+  np.testing.assert_allclose(centred.var(axis=0), 2 / 3, rtol=0.08)
+  np.testing.assert_allclose(centred.mean(axis=0), 0.0, atol=0.05)
+
+
+def test_gls_is_the_geometric_mean_and_reports_the_weights_of_its_gradient():
+  weighting = losses.loss_weighting("gls", num_tasks=3)
+  params, state = weighting.init()
+  task_losses = jnp.array([2.0, 4.0, 8.0])
+  total, weights, _ = weighting.combine(params, state, task_losses)
+  np.testing.assert_allclose(total, 4.0, rtol=1e-6)  # (2·4·8)^(1/3)
+  gradient = jax.grad(lambda l: weighting.combine(params, state, l)[0])(task_losses)
+  np.testing.assert_allclose(gradient, weights, rtol=1e-6)
+  np.testing.assert_allclose(weights, 4.0 / (3 * task_losses), rtol=1e-6)
+
+
+def test_famo_follows_its_rule_on_a_hand_computed_case():
+  weighting = losses.loss_weighting("famo", num_tasks=2, famo_lr=0.1, famo_weight_decay=0.0)
+  params, state = weighting.init()
+  _, weights, state = weighting.combine(params, state, jnp.array([3.0, 1.0]))
+  np.testing.assert_allclose(weights, [0.25, 0.75], rtol=1e-6)  # z = (1/2, 1/2), wᵢ ∝ zᵢ/Lᵢ.
+  np.testing.assert_allclose(state["logits"], 0.0)  # The first call only records the losses.
+  task_losses = jnp.array([1.5, 0.9])
+  before = state
+  total, weights, state = weighting.combine(params, before, task_losses)
+  # δ = (log 2, log(1/0.9)): task 1 improved faster. Adam's first step is −lr·sign of the gradient
+  # z ⊙ (δ − z·δ) = (+, −), so the logits become (−0.1, 0.1).
+  np.testing.assert_allclose(state["logits"], [-0.1, 0.1], rtol=1e-5)
+  z = jax.nn.softmax(jnp.array([-0.1, 0.1]))
+  expected = (z / task_losses) / jnp.sum(z / task_losses)
+  np.testing.assert_allclose(weights, expected, rtol=1e-5)
+  np.testing.assert_allclose(total, expected @ task_losses, rtol=1e-5)
+  gradient = jax.grad(lambda l: weighting.combine(params, before, l)[0])(task_losses)
+  np.testing.assert_allclose(gradient, weights, rtol=1e-5)  # sg(w)·L: the model sees the weights.
+
+
+@pytest.mark.reference
+def test_famo_logits_follow_libmtl_update_rule_with_torch_adam():
+  """LibMTL's FAMO (added after 1.1.5) moves w by torch.optim.Adam(lr, weight_decay=γ) on the gradient of
+  softmax(w) against δ = log(previous losses + 1e-8) − log(losses + 1e-8); written here with torch's own Adam."""
+  torch = reference_package("torch")
+  rng = np.random.default_rng(2)
+  history = np.exp(rng.normal(size=(8, 3)).cumsum(axis=0) * 0.3)
+  lr, gamma = 0.025, 1e-3
+  weighting = losses.loss_weighting("famo", num_tasks=3, famo_lr=lr, famo_weight_decay=gamma)
+  params, state = weighting.init()
+  logits = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+  adam = torch.optim.Adam([logits], lr=lr, weight_decay=gamma)
+  previous = None
+  for task_losses in history:
+    if previous is not None:
+      delta = torch.log(torch.from_numpy(previous) + 1e-8) - torch.log(torch.from_numpy(task_losses) + 1e-8)
+      (gradient,) = torch.autograd.grad(torch.softmax(logits, -1), logits, grad_outputs=delta)
+      adam.zero_grad()
+      logits.grad = gradient
+      adam.step()
+    previous = task_losses
+    _, weights, state = weighting.combine(params, state, jnp.asarray(task_losses, jnp.float32))
+    np.testing.assert_allclose(state["logits"], logits.detach().numpy(), rtol=2e-4, atol=1e-6)
+    z = torch.softmax(logits, -1).detach().numpy()
+    ratios = z / (task_losses + 1e-8)
+    np.testing.assert_allclose(weights, ratios / ratios.sum(), rtol=2e-4)
+
+
+@pytest.mark.reference
+def test_dwa_matches_libmtl():
+  reference_package("torch")
+  module = libmtl_weighting("DWA")
+  rng = np.random.default_rng(1)
+  epochs = rng.uniform(0.5, 2.0, size=(5, 3))  # Average losses of 5 "epochs" (periods of one step here).
+  weighting = losses.loss_weighting("dwa", num_tasks=3, dwa_period=1, dwa_temperature=2.0)
+  params, state = weighting.init()
+  torch = reference_package("torch")
+  for epoch, task_losses in enumerate(epochs):
+    stand_in = _libmtl_stand_in(module, 3, epoch=epoch, train_loss_buffer=epochs.T.copy())
+    reference = stand_in.backward(torch.tensor(task_losses, requires_grad=True), T=2.0)
+    _, weights, state = weighting.combine(params, state, jnp.asarray(task_losses, jnp.float32))
+    np.testing.assert_allclose(weights, reference, rtol=1e-5)
+
+
+@pytest.mark.reference
+def test_rlw_matches_libmtl_on_the_same_draws():
+  torch = reference_package("torch")
+  module = libmtl_weighting("RLW")
+  weighting = losses.loss_weighting("rlw", num_tasks=3, seed=3)
+  params, state = weighting.init()
+  task_losses = np.array([0.5, 1.5, 3.0])
+  for _ in range(3):
+    key, draw = jax.random.split(state["key"])
+    normals = np.array(jax.random.normal(draw, (3,)))
+
+    class SameDraws:  # LibMTL's RLW samples from `self.distribution`: give it ours.
+      def sample(self, normals=normals):
+        return torch.from_numpy(normals)
+
+    stand_in = _libmtl_stand_in(module, 3, distribution=SameDraws())
+    losses_tensor = torch.tensor(task_losses, requires_grad=True)
+    reference = stand_in.backward(losses_tensor, dist="Normal")
+    _, weights, state = weighting.combine(params, state, jnp.asarray(task_losses, jnp.float32))
+    np.testing.assert_array_equal(state["key"], key)
+    np.testing.assert_allclose(weights, reference, rtol=1e-6)
+    np.testing.assert_allclose(losses_tensor.grad.numpy(), weights, rtol=1e-6)  # d total / d Lᵢ = wᵢ.
+
+
+@pytest.mark.reference
+def test_gls_matches_libmtl_total_and_gradient():
+  torch = reference_package("torch")
+  module = libmtl_weighting("GLS")
+  task_losses = np.array([0.5, 1.5, 3.0])
+  losses_tensor = torch.tensor(task_losses, requires_grad=True)
+  reported = _libmtl_stand_in(module, 3).backward(losses_tensor)
+  weighting = losses.loss_weighting("gls", num_tasks=3)
+  params, state = weighting.init()
+  value_and_grad = jax.value_and_grad(lambda l: weighting.combine(params, state, l)[0])
+  total, gradient = value_and_grad(jnp.asarray(task_losses, jnp.float32))
+  np.testing.assert_allclose(total, np.prod(task_losses) ** (1 / 3), rtol=1e-6)
+  np.testing.assert_allclose(gradient, losses_tensor.grad.numpy(), rtol=1e-5)
+  # LibMTL reports Lᵢ/(N·ΠL) as GLS's weights, which is not the gradient; ours report the gradient.
+  np.testing.assert_allclose(reported, task_losses / (3 * np.prod(task_losses)), rtol=1e-6)
+  np.testing.assert_allclose(weighting.combine(params, state, jnp.asarray(task_losses))[1], gradient, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ("rlw", "gls", "famo"))
+def test_new_weightings_check_their_inputs(name):
+  weighting = losses.loss_weighting(name, num_tasks=2)
+  params, state = weighting.init()
+  with pytest.raises(AssertionError, match=r"`task_losses` must have shape \(N,\) = \(2,\)"):
+    weighting.combine(params, state, jnp.ones(3))
+  with pytest.raises(ValueError, match="`famo_lr` must be > 0"):
+    losses.loss_weighting("famo", num_tasks=2, famo_lr=0.0)
+  with pytest.raises(ValueError, match="`famo_weight_decay` must be >= 0"):
+    losses.loss_weighting("famo", num_tasks=2, famo_weight_decay=-1.0)

@@ -22,7 +22,7 @@ def test_the_wheel_installs_the_one_top_level_name_losses(tmp_path):
   assert "losses/py.typed" in names
   required = [line.split(" ", 1)[1] for line in metadata.splitlines()
               if line.startswith("Requires-Dist:") and "extra ==" not in line]
-  assert sorted(r.split(">")[0].split("=")[0].strip() for r in required) == ["chex", "jax", "numpy"]
+  assert sorted(r.split(">")[0].split("=")[0].strip() for r in required) == ["chex", "jax", "numpy", "optax"]
 
 
 def test_import_losses_loads_none_of_the_experiment_packages():
