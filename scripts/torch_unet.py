@@ -34,9 +34,21 @@ class ConvBlock(nn.Module):
 
 
 class UNet(nn.Module):
-  """`models.UNet` without the class head: `(B, C, H, W)` → `(B, out_channels, H, W)`."""
+  """`models.UNet`: `(B, C, H, W)` → `(B, out_channels, H, W)`, and its pooled heads when it has them.
 
-  def __init__(self, in_channels: int = 1, features: Sequence[int] = (16, 32, 64), out_channels: int = 2):
+  With `num_classes` > 0 (flax "Dense_0") and `num_scalars` > 0 (flax "Scalars") the output is
+  `(map, class_logits[, scalars])`, the heads being linear layers on the average-pooled bottleneck, as
+  in `models.UNet`. `forward(x, return_features=True)` also returns the shared features, the encoder's
+  outputs that the decoder and the heads read: the skip tensors, finest first, then the bottleneck output.
+  Each skip is handed to the decoder as its own view of the encoder's tensor, so that the features are
+  distinct nodes of the graph, none computed from another (the next encoder block reads the tensor, the
+  decoder its view): the gradients of the losses with respect to the features, backpropagated through the
+  encoder, are then the gradients with respect to the encoder's parameters, as TorchJD's `mtl_backward`
+  requires of its `features`.
+  """
+
+  def __init__(self, in_channels: int = 1, features: Sequence[int] = (16, 32, 64), out_channels: int = 2,
+               num_classes: int = 0, num_scalars: int = 0):
     super().__init__()
     widths = [in_channels, *features]
     self.down = nn.ModuleList(ConvBlock(widths[i], widths[i + 1]) for i in range(len(features) - 1))
@@ -47,17 +59,36 @@ class UNet(nn.Module):
       self.up.append(nn.ConvTranspose2d(coarse, fine, 2, stride=2))
       self.up_blocks.append(ConvBlock(2 * fine, fine))
     self.head = nn.Conv2d(features[0], out_channels, 1)
+    self.class_head = nn.Linear(features[-1], num_classes) if num_classes else None
+    self.scalar_head = nn.Linear(features[-1], num_scalars) if num_scalars else None
 
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
+  def encoder_parameters(self) -> list[nn.Parameter]:
+    """The parameters the shared features depend on: the down blocks' and the bottleneck's."""
+    return [*self.down.parameters(), *self.bottleneck.parameters()]
+
+  def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+    """The shared features: `[skip_0, …, skip_{L−2}, bottleneck]`, distinct graph nodes (see the class)."""
     skips = []
     for block in self.down:
       x = block(x)
-      skips.append(x)
+      skips.append(x.view_as(x))
       x = nn.functional.avg_pool2d(x, 2)
-    x = self.bottleneck(x)
+    return [*skips, self.bottleneck(x)]
+
+  def decode(self, features: Sequence[torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """The outputs of `forward` from the shared features `encode` returns."""
+    *skips, x = features
+    pooled = x.mean(dim=(2, 3))
+    pooled_heads = [head(pooled) for head in (self.class_head, self.scalar_head) if head is not None]
     for up, block, skip in zip(self.up, self.up_blocks, reversed(skips)):
       x = block(torch.cat([up(x), skip], dim=1))
-    return self.head(x)
+    dense_map = self.head(x)
+    return (dense_map, *pooled_heads) if pooled_heads else dense_map
+
+  def forward(self, x: torch.Tensor, return_features: bool = False):
+    features = self.encode(x)
+    outputs = self.decode(features)
+    return (outputs, features) if return_features else outputs
 
 
 class SmallCNN(nn.Module):
@@ -107,6 +138,9 @@ def load_flax_params(module: nn.Module, params: Mapping[str, Any]) -> None:
       pairs += [(up.weight, np.transpose(kernel, (2, 3, 0, 1))), (up.bias, params[f"ConvTranspose_{i}"]["bias"])]
     pairs += [(module.head.weight, np.transpose(params["Conv_0"]["kernel"], (3, 2, 0, 1))),
               (module.head.bias, params["Conv_0"]["bias"])]
+    for layer, name in ((module.class_head, "Dense_0"), (module.scalar_head, "Scalars")):
+      if layer is not None:
+        pairs += [(layer.weight, params[name]["kernel"].T), (layer.bias, params[name]["bias"])]
   elif isinstance(module, SmallCNN):
     pairs = [pair for i, block in enumerate(module.blocks) for pair in _copy_block(block, params[f"ConvBlock_{i}"])]
     for layer, name in ((module.hidden, "Dense_0"), (module.output, "Dense_1")):
