@@ -174,14 +174,15 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
 
   multi = task.task_gradients
 
-  def shared_leaves(tree, params):
-    """The leaves of `tree` (params, or their per-task gradients) at the shared parameters."""
-    return [leaf for leaf, shared in zip(jax.tree.leaves(tree), jax.tree.leaves(multi.shared(params))) if shared]
+  def shared_leaves(tree, is_shared):
+    """The leaves of `tree` (params, or their per-task gradients) where the flat mask `is_shared` is true."""
+    return [leaf for leaf, shared in zip(jax.tree.leaves(tree), is_shared) if shared]
 
   def init():
     params, task_state = task.init(rngs()[0])
     zero = jnp.zeros((), jnp.int32)
-    aggregator_state = () if multi is None else multi.aggregator.init(shared_leaves(params, params))
+    aggregator_state = () if multi is None else multi.aggregator.init(
+        shared_leaves(params, jax.tree.leaves(multi.shared(params))))
     return TrainState(step=zero, params=params, opt_state=optimizer.init(params), task_state=task_state,
                       skipped_steps=zero, aggregator_state=aggregator_state)
 
@@ -200,14 +201,15 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
         lambda params: multi.task_losses(params, state.task_state, batch, rng), state.params, has_aux=True)
     # Row i of the Jacobian is the gradient of task i's loss: one vmapped VJP over the basis cotangents.
     (jacobian,) = jax.vmap(vjp)(jnp.eye(task_losses.shape[0], dtype=task_losses.dtype))
-    shared_rows = shared_leaves(jacobian, state.params)
+    is_shared = jax.tree.leaves(multi.shared(state.params))
+    shared_rows = shared_leaves(jacobian, is_shared)
     update, aggregator_state = multi.aggregator.update(
-        shared_rows, state.aggregator_state, shared_leaves(state.params, state.params), task_losses=task_losses)
+        shared_rows, state.aggregator_state, shared_leaves(state.params, is_shared), task_losses=task_losses)
     update = iter(update)
     leaves, structure = jax.tree.flatten(jacobian)
     grads = structure.unflatten([next(update) if shared else leaf.sum(0)  # A head: its own task's gradient.
-                                 for leaf, shared in zip(leaves, jax.tree.leaves(multi.shared(state.params)))])
-    weights = _effective_weights(shared_rows, shared_leaves(grads, state.params))
+                                 for leaf, shared in zip(leaves, is_shared)])
+    weights = _effective_weights(shared_rows, shared_leaves(grads, is_shared))
     metrics = {**metrics, **{f"weight_{name}": w for name, w in zip(multi.task_names, weights)}}
     return jnp.sum(task_losses), metrics, task_state, grads, aggregator_state
 

@@ -11,7 +11,10 @@
 """
 
 import importlib
+import importlib.util
 import os
+import sys
+import types
 
 import jax
 import pytest
@@ -35,3 +38,19 @@ def reference_package(name: str):
   if os.environ.get("REQUIRE_REFERENCE_PACKAGES") == "1":
     return importlib.import_module(name)
   return pytest.importorskip(name)
+
+
+def libmtl_weighting(name: str):
+  """LibMTL's module `LibMTL.weighting.<name>`, imported without running `LibMTL/__init__.py`.
+
+  That file imports LibMTL's architectures and trainer, hence torchvision, which fails to import where the
+  installed torchvision was built for another torch; the weighting modules need only torch and NumPy.
+  """
+  if "LibMTL" not in sys.modules:
+    spec = importlib.util.find_spec("LibMTL")
+    if spec is None:
+      reference_package("LibMTL")  # Skips, or fails under REQUIRE_REFERENCE_PACKAGES=1.
+    package = types.ModuleType("LibMTL")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["LibMTL"] = package
+  return importlib.import_module(f"LibMTL.weighting.{name}")

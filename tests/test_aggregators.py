@@ -22,11 +22,7 @@ of the outcomes that some order can give (PCGrad).
 """
 
 import functools
-import importlib
-import importlib.util
 import itertools
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +30,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import libmtl_weighting
 from conftest import reference_package
 import losses
 from losses import aggregators
@@ -289,22 +286,6 @@ def test_random_weighting_matches_torchjd_on_the_same_normals(x64):
 
 # ---------------------------------------------------------------------------------------------------------------
 # GradNorm: the paper's formulas, and LibMTL's code where they agree.
-
-
-def libmtl_weighting(name: str):
-  """LibMTL's module `LibMTL.weighting.<name>`, imported without running `LibMTL/__init__.py`.
-
-  That file imports LibMTL's architectures and trainer, hence torchvision, which fails to import where the
-  installed torchvision was built for another torch; the weighting modules need only torch and NumPy.
-  """
-  if "LibMTL" not in sys.modules:
-    spec = importlib.util.find_spec("LibMTL")
-    if spec is None:
-      reference_package("LibMTL")  # Skips, or fails under REQUIRE_REFERENCE_PACKAGES=1.
-    package = types.ModuleType("LibMTL")
-    package.__path__ = list(spec.submodule_search_locations)
-    sys.modules["LibMTL"] = package
-  return importlib.import_module(f"LibMTL.weighting.{name}")
 
 
 def test_gradnorm_follows_the_paper_on_a_hand_computed_case():

@@ -163,13 +163,19 @@ def test_f2_is_invariant_to_relabelling_and_checks_inputs():
     losses.f2_iou_score(prediction[:, :-1], truth)
 
 
-def test_extraction_recovers_well_separated_instances_exactly():
+def well_separated_instances():
+  """`(labels (2, 16, 16), embeddings near each instance's centre, the rng)`: centres 10 apart, noise 0.3."""
   truth = np.zeros((2, 16, 16), np.int32)
   truth[0, 1:5, 1:9], truth[0, 6:9, 2:14], truth[0, 11:15, 5:8] = 1, 2, 3
   truth[1, 3:12, 3:12] = 4
   centres = np.array([[0, 0], [10, 0], [0, 10], [10, 10], [-10, 5]], np.float32)
   rng = np.random.default_rng(0)
   embeddings = centres[truth] + rng.normal(0, 0.3, truth.shape + (2,)).astype(np.float32)
+  return truth, embeddings, rng
+
+
+def test_extraction_recovers_well_separated_instances_exactly():
+  truth, embeddings, rng = well_separated_instances()
   foreground = np.where(truth > 0, 0.9, 0.1) + rng.uniform(-0.05, 0.05, truth.shape)
   labels = losses.extract_instances(jnp.asarray(foreground), jnp.asarray(embeddings), max_instances=5, distance=2.0)
   np.testing.assert_array_equal(losses.f2_iou_score(labels, truth, reduction="none"), 1.0)
@@ -429,12 +435,7 @@ def test_spatial_embedding_loss_gradients_background_absent_and_coincident():
 
 
 def test_spatial_extraction_recovers_well_separated_instances():
-  truth = np.zeros((2, 16, 16), np.int32)
-  truth[0, 1:5, 1:9], truth[0, 6:9, 2:14], truth[0, 11:15, 5:8] = 1, 2, 3
-  truth[1, 3:12, 3:12] = 4
-  centres = np.array([[0, 0], [10, 0], [0, 10], [10, 10], [-10, 5]], np.float32)
-  rng = np.random.default_rng(0)
-  embeddings = centres[truth] + rng.normal(0, 0.3, truth.shape + (2,)).astype(np.float32)
+  truth, embeddings, rng = well_separated_instances()
   sigmas = np.full(truth.shape, 2.0, np.float32)  # φ > 0.5 within 2.35 of the seed's embedding.
   seeds = np.where(truth > 0, 3.0, -3.0) + rng.normal(0, 0.5, truth.shape).astype(np.float32)
   labels = losses.extract_spatial_instances(embeddings, sigmas, seeds, max_instances=5)

@@ -1,10 +1,6 @@
 """Multi-task weightings against their formulas, hand-computed cases and a convergence check."""
 
-import importlib
-import importlib.util
 import math
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import libmtl_weighting
 from conftest import reference_package
 import losses
 
@@ -158,22 +155,6 @@ def test_fixed_weighting_and_bad_inputs():
 
 
 # Random loss weighting, the geometric loss strategy and FAMO, against their formulas and LibMTL.
-
-
-def libmtl_weighting(name: str):
-  """LibMTL's module `LibMTL.weighting.<name>`, imported without running `LibMTL/__init__.py`.
-
-  That file imports LibMTL's architectures and trainer, hence torchvision, which fails to import where the
-  installed torchvision was built for another torch; the weighting modules need only torch and NumPy.
-  """
-  if "LibMTL" not in sys.modules:
-    spec = importlib.util.find_spec("LibMTL")
-    if spec is None:
-      reference_package("LibMTL")  # Skips, or fails under REQUIRE_REFERENCE_PACKAGES=1.
-    package = types.ModuleType("LibMTL")
-    package.__path__ = list(spec.submodule_search_locations)
-    sys.modules["LibMTL"] = package
-  return importlib.import_module(f"LibMTL.weighting.{name}")
 
 
 def _libmtl_stand_in(module, num_tasks, **attributes):
