@@ -29,6 +29,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.dwa_temperature = 2.0
   # Gradient-level methods aggregate the per-task gradients of these modules of the U-Net: its encoder.
   config.shared_params = ("ConvBlock_0", "ConvBlock_1", "ConvBlock_2")
+  # Aggregate the per-task gradients of the encoder's output (its skip tensors and bottleneck) instead of
+  # its parameters, as LibMTL's rep_grad: one backward pass of the encoder instead of N, an approximation.
+  config.representation_gradients = False
   # Options of losses.gradient_aggregator per method, beyond TorchJD's defaults (CAGrad's c has none there;
   # 0.5 is LibMTL's and the paper's choice for multi-task benchmarks).
   config.aggregator_options = ml_collections.ConfigDict(dict(cagrad=dict(c=0.5)))

@@ -174,9 +174,13 @@ class UNet(nn.Module):
   `(B, num_classes)` class logits from the average-pooled bottleneck, a
   second head of a different output shape sharing the encoder, and with
   `num_scalars` > 0 a third, `(B, num_scalars)` regression outputs from the
-  same pooled features. Layers
-  compute in `dtype` (parameters and normalisation statistics stay
-  float32); the outputs are in `dtype`.
+  same pooled features. Layers compute in `dtype` (parameters and
+  normalisation statistics stay float32); the outputs are in `dtype`.
+
+  `__call__(x)` is `decode(encode(x))`: `encode` computes the representation
+  every head reads (the skip tensors and the bottleneck, from the modules
+  `encoder_module_names(len(features))`), `decode` the heads from it, for
+  the multi-task methods that differentiate at the representation.
   """
 
   features: Sequence[int] = (16, 32, 64)
@@ -185,24 +189,44 @@ class UNet(nn.Module):
   num_scalars: int = 0
   dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    factor = 2 ** (len(self.features) - 1)
+  def setup(self):
+    # A list attribute names its modules <attribute>_<index>: the names `nn.compact` gives them, which
+    # checkpoints, `config.shared_params` and the PyTorch twin (scripts/torch_unet.py) use.
+    decoder_features = tuple(reversed(self.features[:-1]))
+    self.ConvBlock = [ConvBlock(features, dtype=self.dtype) for features in (*self.features, *decoder_features)]
+    self.ConvTranspose = [ConvTranspose2x2(features, dtype=self.dtype) for features in decoder_features]
+    self.Conv = [nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=jnp.float32)]
+    self.Dense = [nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)] if self.num_classes else []
+    if self.num_scalars:
+      self.Scalars = nn.Dense(self.num_scalars, dtype=self.dtype, param_dtype=jnp.float32)
+
+  def __call__(self, x: jax.Array):
+    return self.decode(self.encode(x))
+
+  def encode(self, x: jax.Array) -> tuple[jax.Array, ...]:
+    """`(skip of level 0, …, skip of level L − 2, bottleneck)`: everything the heads read of `x`."""
+    levels = len(self.features)
+    factor = 2 ** (levels - 1)
     if x.ndim != 4 or x.shape[1] % factor or x.shape[2] % factor:
       raise ValueError(
-          f"UNet with {len(self.features)} levels needs input (B, H, W, C) with H and W "
-          f"divisible by {factor}, got {x.shape}.")
+          f"UNet with {levels} levels needs input (B, H, W, C) with H and W divisible by {factor}, got {x.shape}.")
     skips = []
-    for features in self.features[:-1]:
-      x = ConvBlock(features, dtype=self.dtype)(x)
-      skips.append(x)
-      x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    x = ConvBlock(self.features[-1], dtype=self.dtype)(x)
+    for block in self.ConvBlock[:levels - 1]:
+      skips.append(block(x))
+      x = nn.avg_pool(skips[-1], (2, 2), strides=(2, 2))
+    return (*skips, self.ConvBlock[levels - 1](x))
+
+  def decode(self, representation: tuple[jax.Array, ...]):
+    """The dense map, then the class logits and the scalars where the model has them, from `encode`'s output."""
+    *skips, x = representation
     pooled = jnp.mean(x, axis=(1, 2))
-    pooled_heads = [nn.Dense(size, dtype=self.dtype, param_dtype=jnp.float32, name=name)(pooled)
-                    for size, name in ((self.num_classes, "Dense_0"), (self.num_scalars, "Scalars")) if size]
-    for level, (features, skip) in enumerate(zip(reversed(self.features[:-1]), reversed(skips))):
-      x = ConvTranspose2x2(features, dtype=self.dtype, name=f"ConvTranspose_{level}")(x)
-      x = ConvBlock(features, dtype=self.dtype)(jnp.concatenate([x, skip], axis=-1))
-    dense_map = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=jnp.float32)(x)
+    pooled_heads = [dense(pooled) for dense in (*self.Dense, *([self.Scalars] if self.num_scalars else []))]
+    for upsample, block, skip in zip(self.ConvTranspose, self.ConvBlock[len(self.features):], reversed(skips)):
+      x = block(jnp.concatenate([upsample(x), skip], axis=-1))
+    dense_map = self.Conv[0](x)
     return (dense_map, *pooled_heads) if pooled_heads else dense_map
+
+
+def encoder_module_names(levels: int) -> tuple[str, ...]:
+  """The top-level modules of a `UNet` with `levels` levels that `UNet.encode` applies."""
+  return tuple(f"ConvBlock_{level}" for level in range(levels))

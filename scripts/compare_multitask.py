@@ -45,6 +45,10 @@ GRADIENT_LEVEL = {
     "GradNorm": "gradnorm",
 }
 
+# LibMTL's rep_grad: the same aggregators on the gradients of the encoder's output.
+REPRESENTATION_GRADIENTS = {f"{label}, representation gradients": dict(weighting=name, representation_gradients=True)
+                            for label, name in (("UPGrad", "upgrad"), ("MGDA", "mgda"))}
+
 
 def methods(variant: str) -> dict[str, dict]:
   """`{label: config overrides}` of every method of `variant`, fixed weights first."""
@@ -54,7 +58,8 @@ def methods(variant: str) -> dict[str, dict]:
     fixed = {label: dict(weighting="fixed", fixed_weights=weights) for label, weights in fixed.items()}
   else:
     fixed = {f"fixed α = {alpha}": dict(weighting="fixed", alpha=alpha) for alpha in (0.1, 0.5, 0.9)}
-  return {**fixed, **LOSS_LEVEL, **{label: dict(weighting=name) for label, name in GRADIENT_LEVEL.items()}}
+  return {**fixed, **LOSS_LEVEL, **{label: dict(weighting=name) for label, name in GRADIENT_LEVEL.items()},
+          **REPRESENTATION_GRADIENTS}
 
 
 def step_ms(records: list[dict[str, float]]) -> float:
@@ -76,7 +81,8 @@ def main(argv):
     for seed in map(int, _SEEDS.value):
       config = multitask_config.get_config(_VARIANT.value)
       config.update(dict(overrides, seed=seed, progress_bar=False))
-      name = "_".join([config.weighting, *map("{:.2f}".format, config.fixed_weights or (config.alpha,))])
+      name = "_".join([config.weighting, *map("{:.2f}".format, config.fixed_weights or (config.alpha,)),
+                       *(["representation"] if config.representation_gradients else [])])
       workdir = os.path.join(_OUTPUT_DIR.value, f"{name}_seed{seed}")
       results.append(train.train_and_evaluate(config, workdir))
       records = base.read_metrics(workdir, "train")

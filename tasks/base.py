@@ -18,13 +18,34 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Representation:
+  """The model split at the representation every task reads, for gradients taken there (`TaskGradients`).
+
+  Attributes:
+    encode: `(params, batch) -> representation`, a pytree of arrays computed by the shared parameters only.
+    task_losses: `(params, representation, task_state, batch, rng) -> (losses (N,), (metrics, task_state))`,
+      the unweighted task losses given the representation, reading only the tasks' own parameters.
+  """
+
+  encode: Callable[[PyTree, dict[str, jax.Array]], PyTree]
+  task_losses: Callable[..., tuple[jax.Array, tuple[Metrics, PyTree]]]
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskGradients:
   """What the loop needs to train a multi-task model with a gradient-level method (`Task.task_gradients`).
 
-  The loop differentiates each task's loss separately, with one `jax.vmap` over the VJP of
-  `task_losses` inside the jitted step. The parameters `shared` selects get the update `aggregator`
-  makes of their N per-task gradients; every other parameter (a task's own head) gets the gradient of
-  the summed losses, which is its own task's gradient, as TorchJD's `mtl_backward` does.
+  The loop differentiates each task's loss separately inside the jitted step, one VJP per task: each
+  backpropagates only through what its loss reads, so a head's backward pass runs once, for its own
+  task. The parameters `shared` selects get the update `aggregator` makes of their N per-task gradients;
+  every other parameter (a task's own head) gets the gradient of the summed losses, which is its own
+  task's gradient, as TorchJD's `mtl_backward` does.
+
+  With `representation` set, the aggregator combines the per-task gradients with respect to the shared
+  representation instead, and one backward pass through the encoder takes the combination to the shared
+  parameters (LibMTL's `rep_grad`): the encoder's backward runs once instead of N times, but the
+  aggregator sees the gradients of the batch's features, not of the parameters, so it is an
+  approximation of the method (exact for the mean).
 
   Attributes:
     task_names: the N tasks; the loop logs `weight_<name>`, the weights of the combination of the task
@@ -33,13 +54,16 @@ class TaskGradients:
     shared: `params -> pytree of bools` (the structure of `params`), true for the parameters every task
       reads.
     aggregator: an `optax.GradientTransformationExtraArgs` (`losses.gradient_aggregator`) over the list
-      of shared parameter arrays: `update(grads with a leading task axis, state, params, task_losses=...)`.
+      of shared parameter arrays (or of the representation's arrays):
+      `update(grads with a leading task axis, state, params, task_losses=...)`.
+    representation: None, or the model split at its shared representation, to aggregate there.
   """
 
   task_names: tuple[str, ...]
   task_losses: Callable[[PyTree, PyTree, dict[str, jax.Array], jax.Array], tuple[jax.Array, tuple[Metrics, PyTree]]]
   shared: Callable[[PyTree], PyTree]
   aggregator: Any
+  representation: Representation | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,7 @@ import optax
 from data import digits
 import losses
 from models import UNet
+from models.unet import encoder_module_names
 from tasks import base
 from tasks.base import ConfigError
 from tasks.base import Task
@@ -92,9 +93,11 @@ def build(config: ml_collections.ConfigDict) -> Task:
     weighting_params, weighting_state = ({}, {}) if weighting is None else weighting.init()
     return {"model": init_model(rng), "weighting": weighting_params}, weighting_state
 
-  def predict(params, images):
-    """`(map logits, class logits[, size])` in float32, so that the softmax and the losses run in float32."""
-    return jax.tree.map(lambda x: x.astype(jnp.float32), model.apply({"params": params["model"]}, images))
+  def predict(params, inputs, method=None):
+    """`(map logits, class logits[, size])` of the images (or of the representation, for `method=UNet.decode`)
+    in float32, so that the softmax and the losses run in float32."""
+    outputs = model.apply({"params": params["model"]}, inputs, method=method)
+    return jax.tree.map(lambda x: x.astype(jnp.float32), outputs)
 
   def relative_size(batch):
     return (batch["size"] - config.min_digit_size) / (config.max_digit_size - config.min_digit_size)
@@ -102,7 +105,10 @@ def build(config: ml_collections.ConfigDict) -> Task:
   def task_losses(params, task_state, batch, rng):
     """The N unweighted task losses `(N,)`, and the metrics that do not depend on a weighting."""
     del rng
-    map_logits, class_logits, *size = predict(params, batch["image"])
+    return losses_of_outputs(predict(params, batch["image"]), task_state, batch)
+
+  def losses_of_outputs(outputs, task_state, batch):
+    map_logits, class_logits, *size = outputs
     localization = jnp.mean(
         optax.sigmoid_binary_cross_entropy(map_logits[..., 0], batch["mask"].astype(jnp.float32)), axis=(1, 2))
     classification = optax.softmax_cross_entropy_with_integer_labels(class_logits, batch["label"])
@@ -132,8 +138,23 @@ def build(config: ml_collections.ConfigDict) -> Task:
           f"{f' (unknown: {sorted(unknown)})' if unknown else ''}.")
     aggregator = losses.gradient_aggregator(config.weighting, seed=config.seed, num_tasks=config.num_tasks,
                                             **config.aggregator_options.get(config.weighting, {}))
+    representation = None
+    if config.representation_gradients:
+      encoder = encoder_module_names(len(config.model.features))
+      if set(config.shared_params) != set(encoder):
+        raise ConfigError(
+            "config.representation_gradients aggregates the gradients of the U-Net's encoder output: "
+            f"config.shared_params must be its modules {encoder}, got {tuple(config.shared_params)}.")
+      representation = base.Representation(
+          encode=lambda params, batch: model.apply({"params": params["model"]}, batch["image"], method=UNet.encode),
+          task_losses=lambda params, features, task_state, batch, rng: losses_of_outputs(
+              predict(params, features, method=UNet.decode), task_state, batch))
     task_gradients = TaskGradients(task_names=task_names, task_losses=task_losses,
-                                   shared=functools.partial(shared_mask, config), aggregator=aggregator)
+                                   shared=functools.partial(shared_mask, config), aggregator=aggregator,
+                                   representation=representation)
+  elif config.representation_gradients:
+    raise ConfigError(f"config.representation_gradients applies to the gradient-level methods "
+                      f"({', '.join(losses.AGGREGATOR_NAMES)}), not to config.weighting={config.weighting!r}.")
 
   @functools.cache
   def test_set():
