@@ -200,13 +200,13 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
     is_shared = multi.shared(state.params)
     representation = multi.representation
     if representation is None:
-      rows, (task_losses, (metrics, task_state)) = _per_task_gradients(
+      rows, (task_losses, (metrics, task_state)) = per_task_gradients(
           lambda params: multi.task_losses(params, state.task_state, batch, rng), state.params)
       params_rows = [params_grads for (params_grads,) in rows]
       aggregated_rows = [shared_leaves(params_grads, jax.tree.leaves(is_shared)) for params_grads in params_rows]
     else:
       features, encode_vjp = jax.vjp(lambda params: representation.encode(params, batch), state.params)
-      rows, (task_losses, (metrics, task_state)) = _per_task_gradients(
+      rows, (task_losses, (metrics, task_state)) = per_task_gradients(
           lambda params, features: representation.task_losses(params, features, state.task_state, batch, rng),
           state.params, features)
       params_rows = [params_grads for params_grads, _ in rows]
@@ -254,7 +254,7 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
       next_batch=None if task.train_batch is None else jax.jit(task.train_batch, out_shardings=batch_sharding))
 
 
-def _per_task_gradients(task_losses: Callable[..., tuple[jax.Array, Any]], *args):
+def per_task_gradients(task_losses: Callable[..., tuple[jax.Array, Any]], *args):
   """`([grads of task i's loss w.r.t. args, for each task i], (losses, aux))` of `task_losses(*args)`.
 
   One VJP per task, unrolled rather than vmapped: each backpropagates only through what its own loss

@@ -24,7 +24,9 @@ load on the machine falls on all of them alike), after one untimed round; the ta
 ms/step over the rounds, its ratio to the plain JAX step and, for the methods TorchJD has, to TorchJD's
 (the ratio of the medians, and the range of the ratios within a round). The JAX step is the whole step of
 the loop: the per-task gradients, the aggregation, the logged weights and metrics, the finite checks and
-the optimizer; the PyTorch step computes the losses, the gradients and the update only.
+the optimizer; the PyTorch step computes the losses, the gradients and the update only. The methods of
+`--representation_methods` get a second row each, with `config.representation_gradients` (the aggregator
+on the gradients of the encoder's output, LibMTL's rep_grad).
 """
 
 import copy
@@ -38,6 +40,7 @@ import time
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from configs import multitask as multitask_configs
@@ -57,16 +60,23 @@ _METHODS = flags.DEFINE_list("methods", None, "Methods to time besides the plain
                              + " where they exist).")
 _VARIANT = flags.DEFINE_string("variant", "three_tasks", "Variant of configs/multitask.py.")
 _TORCH = flags.DEFINE_bool("torch", False, "Add the TorchJD rows (UPGrad, MGDA, PCGrad) and a plain PyTorch step.")
+_REPRESENTATION = flags.DEFINE_list("representation_methods", ["upgrad", "mgda", "pcgrad"],
+                                    "Gradient-level methods also timed with config.representation_gradients.")
+REPRESENTATION = ", representation gradients"  # The suffix of those rows.
+_STRATEGIES = flags.DEFINE_bool("jacobian_strategies", True,
+                                "Also time ways to compute the per-task gradients alone, as train.py's choice.")
 
 
 def method_config(variant: str, method: str | None):
-  """The config of `method`; None: the plain step, every task loss with weight 1 (0.5 each with two tasks)."""
+  """The config of `method` (a name, or a name with the suffix `REPRESENTATION`); None: the plain step, every
+  task loss with weight 1 (0.5 each with two tasks)."""
   config = multitask_configs.get_config(variant)
   if method is None:
     config.weighting, config.alpha = "fixed", 0.5
     config.fixed_weights = (1.0,) * config.num_tasks if config.num_tasks > 2 else ()
   else:
-    config.weighting = method
+    config.weighting = method.removesuffix(REPRESENTATION)
+    config.representation_gradients = method.endswith(REPRESENTATION)
   return config
 
 
@@ -92,6 +102,43 @@ def _jax_row(config, num_steps: int):
       state[0], metrics, _ = training.step(state[0], batch)
     jax.block_until_ready(metrics)
   return training, initial, run
+
+
+def _jacobian_strategy_rows(training, num_steps: int) -> dict:
+  """`{strategy: run}`: the gradients of the task losses alone (all parameters), by each way of computing them.
+
+  "summed": the gradient of the summed losses (the plain step's); "vmap over one VJP": one forward pass,
+  `jax.vmap` of its VJP over the N basis cotangents; "N VJPs of one forward pass": the same VJP called N
+  times; "one VJP per task loss": `train.per_task_gradients`, what the loop does.
+  """
+  state = training.init()
+  batch = training.next_batch(0, 0)
+  task_losses = training.task.task_gradients.task_losses
+  losses_of = lambda params: task_losses(params, state.task_state, batch, jax.random.key(0))[0]
+  num_tasks = jax.eval_shape(losses_of, state.params).shape[0]
+
+  def vmapped(params):
+    _, vjp = jax.vjp(losses_of, params)
+    return jax.vmap(vjp)(jnp.eye(num_tasks))
+
+  def unrolled(params):
+    _, vjp = jax.vjp(losses_of, params)
+    return [vjp(cotangent) for cotangent in jnp.eye(num_tasks)]
+
+  strategies = {"summed": jax.grad(lambda params: jnp.sum(losses_of(params))), "vmap over one VJP": vmapped,
+                "N VJPs of one forward pass": unrolled,
+                "one VJP per task loss (train.py)": lambda params: train.per_task_gradients(
+                    lambda p: (losses_of(p), ()), params)[0]}
+
+  def timed(fn):
+    fn = jax.jit(fn)
+
+    def run():
+      for _ in range(num_steps):
+        out = fn(state.params)
+      jax.block_until_ready(out)
+    return run
+  return {name: timed(fn) for name, fn in strategies.items()}
 
 
 def _torch_rows(config, params, batch, task_losses, names: list[str], num_steps: int, total_steps: int):
@@ -258,6 +305,7 @@ def main(argv):
     missing = [m for m in LOSS_LEVEL if m not in methods]
   else:
     methods, missing = _METHODS.value, []
+  methods += [name + REPRESENTATION for name in _REPRESENTATION.value]
 
   jax_rows, failed = {}, {}
   plain_training, initial_params, jax_rows[PLAIN] = _jax_row(plain_config, num_steps)
@@ -283,8 +331,12 @@ def main(argv):
         plain_config, initial_params, plain_training.next_batch(plain_config.seed, 0), task_losses, names, num_steps,
         total_steps)
 
+  strategy_rows = {}
+  if _STRATEGIES.value:
+    strategy_rows = _jacobian_strategy_rows(train.build_training(method_config(variant, "mean")), num_steps)
   rows = {**{("jax", name): run for name, run in jax_rows.items()},
-          **{("torch", name): run for name, run in torch_rows.items()}}
+          **{("torch", name): run for name, run in torch_rows.items()},
+          **{("strategy", name): run for name, run in strategy_rows.items()}}
   seconds = _time_rows(rows, num_steps, repeats)
   load_after = _load()
 
@@ -308,7 +360,8 @@ def main(argv):
   plain = seconds[("jax", PLAIN)]
   for name in jax_rows:
     times = seconds[("jax", name)]
-    kind = "" if name == PLAIN else (" (gradient-level)" if name in losses.AGGREGATOR_NAMES else " (loss-level)")
+    kind = ("" if name == PLAIN or name.endswith(REPRESENTATION)
+            else " (gradient-level)" if name in losses.AGGREGATOR_NAMES else " (loss-level)")
     torch_times = seconds.get(("torch", name))
     torch_cells = (f"{1e3 * statistics.median(torch_times):.1f} | {_ratio(times, torch_times)}" if torch_times
                    else "— | —")
@@ -320,6 +373,11 @@ def main(argv):
   print(f"\nGoal, gradient-level step ≤ 1.5× the plain step at N = {config.num_tasks}: "
         + (f"met by all {len(gradient_level)} methods." if not over
            else f"met by {len(gradient_level) - len(over)} of {len(gradient_level)}; not by {', '.join(over)}."))
+  representation = [m for m in jax_rows if m.endswith(REPRESENTATION)]
+  if representation:
+    print("With representation gradients: "
+          + ", ".join(f"{m.removesuffix(REPRESENTATION)} {_ratio(seconds[('jax', m)], plain)}×" for m in representation)
+          + " the plain step.")
   compared = [m for m in jax_rows if ("torch", m) in seconds]
   if compared:
     slow = [m for m in compared
@@ -327,6 +385,13 @@ def main(argv):
     print("Goal, JAX ≥ 2× faster than TorchJD per step (JAX / TorchJD ≤ 0.5): "
           + (f"met for all of {', '.join(compared)}." if not slow
              else f"met for {len(compared) - len(slow)} of {len(compared)}; not for {', '.join(slow)}."))
+  if strategy_rows:
+    print("\nThe per-task gradients alone (all parameters, jitted, the same batch, in the same rounds):\n\n"
+          "| strategy | ms | × summed-loss gradient |\n|---|---|---|")
+    summed = seconds[("strategy", "summed")]
+    for name in strategy_rows:
+      times = seconds[("strategy", name)]
+      print(f"| {name} | {1e3 * statistics.median(times):.1f} | {_ratio(times, summed)} |")
   if missing:
     print(f"\nNo such loss-level weighting in this checkout, skipped: {', '.join(missing)}.")
   for method, error in failed.items():

@@ -105,6 +105,31 @@ def test_a_gradient_level_method_needs_shared_parameters(shared_params, message)
     train.build_training(tiny_config("multitask", weighting="upgrad", shared_params=shared_params))
 
 
+@pytest.mark.parametrize("representation_gradients", [False, True], ids=["parameters", "representation"])
+def test_the_mean_method_moves_shared_parameters_by_the_mean_task_gradient(representation_gradients):
+  """Plain SGD with "mean": the shared parameters move by the mean of the per-task gradients (jax.jacrev of
+  the task losses), each head by its own task's. At the representation the mean is exact too (linearity)."""
+  config = tiny_config("three_tasks", weighting="mean", representation_gradients=representation_gradients)
+  config.optimizer.update(dict(name="sgd", momentum=0.0, learning_rate=1.0, grad_clip_norm=0.0))
+  training = train.build_training(config, jax.devices()[:1])
+  state, batch = training.init(), training.next_batch(config.seed, 0)
+  multi = training.task.task_gradients
+  params, task_state = jax.device_get((state.params, state.task_state))
+  jacobian = jax.jacrev(lambda p: multi.task_losses(p, task_state, batch, jax.random.key(0))[0])(params)
+  expected = jax.tree.map(lambda value, rows, shared: value - (rows.mean(0) if shared else rows.sum(0)),
+                          params, jacobian, multi.shared(params))
+  stepped = jax.device_get(training.step(state, batch)[0].params)
+  jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6), stepped, expected)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(weighting="trainable"), "representation_gradients applies to the gradient-level methods"),
+    (dict(shared_params=("ConvBlock_0",)), r"must be its modules \('ConvBlock_0', 'ConvBlock_1'\)")])
+def test_representation_gradients_need_a_gradient_level_method_and_the_encoder(overrides, message):
+  with pytest.raises(tasks.ConfigError, match=message):
+    train.build_training(tiny_config("three_tasks", representation_gradients=True, **overrides))
+
+
 @pytest.mark.parametrize("experiment", list(tiny_configs.EXPERIMENTS))
 def test_every_task_draws_its_figures(tmp_path, experiment):
   config = tiny_config(experiment)
