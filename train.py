@@ -258,10 +258,10 @@ def per_task_gradients(task_losses: Callable[..., tuple[jax.Array, Any]], *args)
   """`([grads of task i's loss w.r.t. args, for each task i], (losses, aux))` of `task_losses(*args)`.
 
   One VJP per task, unrolled rather than vmapped: each backpropagates only through what its own loss
-  reads (JAX's symbolic zeros drop the other heads), and XLA computes the shared forward pass once for
-  all of them. Timed on the three-task U-Net this was 1.8× the summed-loss gradient, against 2.3× for N
-  VJPs of one forward pass and 3.7× for their `jax.vmap`, whose batched convolution gradients XLA:CPU
-  runs slowly (BENCHMARKS.md, "Multi-task methods: step time").
+  reads (JAX's symbolic zeros drop the other tasks' heads), and XLA computes the shared forward pass once
+  for all of them. On the three-task U-Net on a 2-core CPU this took 1.7× the summed-loss gradient, as N
+  VJPs of one forward pass did (its heads are small); their `jax.vmap`, whose batched convolution
+  gradients XLA:CPU runs slowly, took 3.1× (BENCHMARKS.md, "Multi-task methods: step time").
   """
   num_tasks = jax.eval_shape(task_losses, *args)[0].shape[0]
 
