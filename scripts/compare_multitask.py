@@ -62,6 +62,45 @@ def methods(variant: str) -> dict[str, dict]:
           **REPRESENTATION_GRADIENTS}
 
 
+HIGHER_IS_BETTER = {"iou": True, "accuracy": True, "size_error_px": False}
+
+
+def against_best_fixed(per_seed: dict[str, list[dict[str, float]]], metrics: list[str]) -> str:
+  """Each method's difference from the best fixed weights on each metric, in units of the seeds' spread.
+
+  For each metric the reference is the fixed-weight row with the best mean on it; the difference (positive:
+  better) is divided by the pooled sample standard deviation of the two rows, √((s₁² + s₂²)/2). A method
+  *beats the best fixed weights* when it is better on every metric, *clearly* when also by more than one
+  pooled standard deviation on each.
+  """
+  fixed = [label for label in per_seed if label.startswith("fixed")]
+  lines = ["Against the best fixed weights on each metric (" + ", ".join(
+      f"{metric}: {max(fixed, key=lambda label, m=metric: _mean(per_seed[label], m))}" for metric in metrics)
+      + "): the difference of the means (positive is better) / the pooled standard deviation over the seeds.\n",
+      "| method | " + " | ".join(metrics) + " | beats the best fixed weights? |",
+      "|---" * (len(metrics) + 2) + "|"]
+  for label, results in per_seed.items():
+    if label in fixed:
+      continue
+    cells, deltas = [], []
+    for metric in metrics:
+      best = max(fixed, key=lambda name, m=metric: _mean(per_seed[name], m))
+      delta = _mean(results, metric) - _mean(per_seed[best], metric)
+      pooled = np.sqrt((np.var([r[metric] for r in results], ddof=1)
+                        + np.var([r[metric] for r in per_seed[best]], ddof=1)) / 2)
+      deltas.append(delta / pooled)
+      cells.append(f"{delta:+.3f} ({delta / pooled:+.1f} σ)")
+    verdict = ("yes, clearly" if min(deltas) > 1 else "yes, within the spread" if min(deltas) > 0 else "no")
+    lines.append(f"| {label} | " + " | ".join(cells) + f" | {verdict} |")
+  return "\n".join(lines)
+
+
+def _mean(results: list[dict[str, float]], metric: str) -> float:
+  """The mean of `metric`, negated where lower is better: larger is better."""
+  sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+  return sign * float(np.mean([r[metric] for r in results]))
+
+
 def step_ms(records: list[dict[str, float]]) -> float:
   """The median training step time (ms) over the logging intervals after the first (which compiles)."""
   return 1000.0 / float(np.median([r["steps_per_second"] for r in records[1:]]))
@@ -75,7 +114,7 @@ def main(argv):
   selected = methods(_VARIANT.value)
   if _METHODS.value:
     selected = {label: selected[label] for label in _METHODS.value}
-  rows, histories = [], []
+  rows, histories, per_seed = [], [], {}
   for label, overrides in selected.items():
     results, times = [], []
     for seed in map(int, _SEEDS.value):
@@ -92,12 +131,14 @@ def main(argv):
     metrics = [("iou", "", "{:.3f}"), ("accuracy", "", "{:.3f}"), ("size_error_px", "", "{:.2f}")]
     rows.append((label, {**tables.summarise(results, metrics), **tables.summarise(times, [("step_ms", "", "{:.0f}")],
                                                                                   spread=False)}))
+    per_seed[label] = results
   columns = [("iou", "localization IoU", "{}"), ("accuracy", "classification accuracy", "{}")]
   if _VARIANT.value == "three_tasks":
     columns.append(("size_error_px", "size error (px)", "{}"))
   columns.append(("step_ms", "step (ms, median)", "{}"))
   print(f"{len(_SEEDS.value)} seeds, mean ± standard deviation:\n")
   print(tables.markdown_table(rows, columns))
+  print("\n" + against_best_fixed(per_seed, [key for key, _, _ in columns if key != "step_ms"]))
   if histories:
     path = os.path.join(_OUTPUT_DIR.value, "multitask_weights.png")
     num_tasks = multitask_config.get_config(_VARIANT.value).num_tasks
