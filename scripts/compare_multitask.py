@@ -5,7 +5,7 @@
 
 Runs `train.train_and_evaluate` on `configs/multitask.py` (or its `--variant`) for fixed weights, every
 loss-level weighting and every gradient-level method (`--methods` selects some; finished runs in
-`--output_dir` are resumed, i.e. skipped), prints the held-out metrics as mean ± standard deviation over
+`--output_dir` are read, not run again), prints the held-out metrics as mean ± standard deviation over
 the seeds with each method's median step time, and writes `multitask_weights.png` (the task weights and
 losses of the first seed, for `--plot` methods).
 """
@@ -101,6 +101,14 @@ def _mean(results: list[dict[str, float]], metric: str) -> float:
   return sign * float(np.mean([r[metric] for r in results]))
 
 
+def _finished_eval(workdir: str, num_steps: int) -> dict[str, float] | None:
+  """The final held-out metrics of a run in `workdir` that reached `num_steps`, else None."""
+  if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    return None
+  evals = [r for r in base.read_metrics(workdir, "eval") if r["step"] == num_steps]
+  return {k: v for k, v in evals[-1].items() if k not in ("step", "split")} if evals else None
+
+
 def step_ms(records: list[dict[str, float]]) -> float:
   """The median training step time (ms) over the logging intervals after the first (which compiles)."""
   return 1000.0 / float(np.median([r["steps_per_second"] for r in records[1:]]))
@@ -123,7 +131,7 @@ def main(argv):
       name = "_".join([config.weighting, *map("{:.2f}".format, config.fixed_weights or (config.alpha,)),
                        *(["representation"] if config.representation_gradients else [])])
       workdir = os.path.join(_OUTPUT_DIR.value, f"{name}_seed{seed}")
-      results.append(train.train_and_evaluate(config, workdir))
+      results.append(_finished_eval(workdir, config.num_train_steps) or train.train_and_evaluate(config, workdir))
       records = base.read_metrics(workdir, "train")
       times.append({"step_ms": step_ms(records)})
       if seed == int(_SEEDS.value[0]) and label in _PLOT.value:
