@@ -75,6 +75,10 @@ class TrainState:
   task_state: Any
   skipped_steps: jax.Array  # Non-finite steps that were not applied (config.on_nonfinite="skip").
   aggregator_state: Any  # A gradient-level multi-task method's (Task.task_gradients), else ().
+  # The raw data of the loss's PRNG key. In the state rather than derived from config.seed inside the step, so
+  # that the step's program is the same for every seed and a sweep over seeds compiles it once (the
+  # persistent compilation cache).
+  loss_key: jax.Array
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -179,12 +183,13 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
     return [leaf for leaf, shared in zip(jax.tree.leaves(tree), is_shared) if shared]
 
   def init():
-    params, task_state = task.init(rngs()[0])
+    init_key, loss_key = rngs()
+    params, task_state = task.init(init_key)
     zero = jnp.zeros((), jnp.int32)
     aggregator_state = () if multi is None else multi.aggregator.init(
         shared_leaves(params, jax.tree.leaves(multi.shared(params))))
     return TrainState(step=zero, params=params, opt_state=optimizer.init(params), task_state=task_state,
-                      skipped_steps=zero, aggregator_state=aggregator_state)
+                      skipped_steps=zero, aggregator_state=aggregator_state, loss_key=jax.random.key_data(loss_key))
 
   try:
     jax.eval_shape(init)  # Shape errors of the model and config surface here, not in the compiler.
@@ -230,7 +235,7 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
     return jnp.sum(task_losses), metrics, task_state, grads, aggregator_state
 
   def step(state, batch):
-    rng = jax.random.fold_in(rngs()[1], state.step)
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.loss_key), state.step)
     loss, metrics, task_state, grads, aggregator_state = gradients(state, batch, rng)
     squared_norms = jax.tree.map(lambda g: jnp.sum(jnp.square(g.astype(jnp.float32))), grads)
     metrics = {"loss": loss, "grad_norm": jnp.sqrt(sum(jax.tree.leaves(squared_norms))), **metrics}
@@ -238,9 +243,8 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
     for path, value in jax.tree_util.tree_flatten_with_path(squared_norms)[0]:
       finite["grad" + jax.tree_util.keystr(path)] = jnp.isfinite(value)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    applied = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         opt_state=opt_state, task_state=task_state, skipped_steps=state.skipped_steps,
-                         aggregator_state=aggregator_state)
+    applied = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            opt_state=opt_state, task_state=task_state, aggregator_state=aggregator_state)
     withheld = state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
     all_finite = jnp.stack(list(finite.values())).all()
     return jax.tree.map(lambda a, b: jnp.where(all_finite, a, b), applied, withheld), metrics, finite
