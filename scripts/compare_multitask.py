@@ -27,6 +27,8 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "/tmp/multitask_sweep", "Root of
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run per method.")
 _VARIANT = flags.DEFINE_string("variant", "", "The configs/multitask.py variant: '' or 'three_tasks'.")
 _METHODS = flags.DEFINE_list("methods", [], "Labels of the methods to run (default: all of the variant).")
+_ONLY_FINISHED = flags.DEFINE_bool("only_finished", False, "Train nothing: the table of the methods whose runs "
+                                   "have all finished, and the list of the others.")
 _PLOT = flags.DEFINE_list("plot", ["trainable α", "uncertainty (Kendall et al.)", "UPGrad", "MGDA", "GradNorm",
                                    "Nash-MTL"], "Labels of the methods whose weights the figure shows.")
 
@@ -122,19 +124,26 @@ def main(argv):
   selected = methods(_VARIANT.value)
   if _METHODS.value:
     selected = {label: selected[label] for label in _METHODS.value}
-  rows, histories, per_seed = [], [], {}
+  rows, histories, per_seed, unfinished = [], [], {}, []
   for label, overrides in selected.items():
-    results, times = [], []
+    configs, workdirs = [], []
     for seed in map(int, _SEEDS.value):
       config = multitask_config.get_config(_VARIANT.value)
       config.update(dict(overrides, seed=seed, progress_bar=False))
       name = "_".join([config.weighting, *map("{:.2f}".format, config.fixed_weights or (config.alpha,)),
                        *(["representation"] if config.representation_gradients else [])])
-      workdir = os.path.join(_OUTPUT_DIR.value, f"{name}_seed{seed}")
-      results.append(_finished_eval(workdir, config.num_train_steps) or train.train_and_evaluate(config, workdir))
+      configs.append(config)
+      workdirs.append(os.path.join(_OUTPUT_DIR.value, f"{name}_seed{seed}"))
+    finished = [_finished_eval(workdir, config.num_train_steps) for config, workdir in zip(configs, workdirs)]
+    if _ONLY_FINISHED.value and not all(finished):
+      unfinished.append(label)
+      continue
+    results, times = [], []
+    for config, workdir, result in zip(configs, workdirs, finished):
+      results.append(result or train.train_and_evaluate(config, workdir))
       records = base.read_metrics(workdir, "train")
       times.append({"step_ms": step_ms(records)})
-      if seed == int(_SEEDS.value[0]) and label in _PLOT.value:
+      if config.seed == int(_SEEDS.value[0]) and label in _PLOT.value:
         histories.append((label, records))
     metrics = [("iou", "", "{:.3f}"), ("accuracy", "", "{:.3f}"), ("size_error_px", "", "{:.2f}")]
     rows.append((label, {**tables.summarise(results, metrics), **tables.summarise(times, [("step_ms", "", "{:.0f}")],
@@ -147,6 +156,8 @@ def main(argv):
   print(f"{len(_SEEDS.value)} seeds, mean ± standard deviation:\n")
   print(tables.markdown_table(rows, columns))
   print("\n" + against_best_fixed(per_seed, [key for key, _, _ in columns if key != "step_ms"]))
+  if unfinished:
+    print(f"\nNot run yet (some seed unfinished): {', '.join(unfinished)}.")
   if histories:
     path = os.path.join(_OUTPUT_DIR.value, "multitask_weights.png")
     num_tasks = multitask_config.get_config(_VARIANT.value).num_tasks
