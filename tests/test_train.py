@@ -105,6 +105,15 @@ def test_a_gradient_level_method_needs_shared_parameters(shared_params, message)
     train.build_training(tiny_config("multitask", weighting="upgrad", shared_params=shared_params))
 
 
+def test_the_step_is_one_program_for_every_seed():
+  """The seed enters through the state and the batch, so a seed sweep compiles the step once."""
+  def step_program(seed):
+    training = train.build_training(tiny_config("three_tasks", seed=seed))
+    state, batch = jax.eval_shape(training.init), jax.eval_shape(training.next_batch, seed, 0)
+    return training.step.lower(state, batch).as_text()
+  assert step_program(0) == step_program(1)
+
+
 @pytest.mark.parametrize("representation_gradients", [False, True], ids=["parameters", "representation"])
 def test_the_mean_method_moves_shared_parameters_by_the_mean_task_gradient(representation_gradients):
   """Plain SGD with "mean": the shared parameters move by the mean of the per-task gradients (jax.jacrev of
