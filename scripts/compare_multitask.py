@@ -73,14 +73,15 @@ def against_best_fixed(per_seed: dict[str, list[dict[str, float]]], metrics: lis
   For each metric the reference is the fixed-weight row with the best mean on it; the difference (positive:
   better) is divided by the pooled sample standard deviation of the two rows, √((s₁² + s₂²)/2). A method
   *beats the best fixed weights* when it is better on every metric, *clearly* when also by more than one
-  pooled standard deviation on each.
+  pooled standard deviation on each. The last column names the fixed-weight rows at least as good on every
+  metric (by the means): a method no fixed row dominates found a trade-off the fixed sweep did not.
   """
   fixed = [label for label in per_seed if label.startswith("fixed")]
   lines = ["Against the best fixed weights on each metric (" + ", ".join(
       f"{metric}: {max(fixed, key=lambda label, m=metric: _mean(per_seed[label], m))}" for metric in metrics)
       + "): the difference of the means (positive is better) / the pooled standard deviation over the seeds.\n",
-      "| method | " + " | ".join(metrics) + " | beats the best fixed weights? |",
-      "|---" * (len(metrics) + 2) + "|"]
+      "| method | " + " | ".join(metrics) + " | beats the best fixed weights? | dominated by a fixed row? |",
+      "|---" * (len(metrics) + 3) + "|"]
   for label, results in per_seed.items():
     if label in fixed:
       continue
@@ -93,7 +94,9 @@ def against_best_fixed(per_seed: dict[str, list[dict[str, float]]], metrics: lis
       deltas.append(delta / pooled)
       cells.append(f"{delta:+.3f} ({delta / pooled:+.1f} σ)")
     verdict = ("yes, clearly" if min(deltas) > 1 else "yes, within the spread" if min(deltas) > 0 else "no")
-    lines.append(f"| {label} | " + " | ".join(cells) + f" | {verdict} |")
+    dominating = [name for name in fixed
+                  if all(_mean(per_seed[name], m) >= _mean(results, m) for m in metrics)]
+    lines.append(f"| {label} | " + " | ".join(cells) + f" | {verdict} | {', '.join(dominating) or 'no'} |")
   return "\n".join(lines)
 
 
