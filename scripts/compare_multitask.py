@@ -158,7 +158,8 @@ def main(argv):
   columns.append(("step_ms", "step (ms, median)", "{}"))
   print(f"{len(_SEEDS.value)} seeds, mean ± standard deviation:\n")
   print(tables.markdown_table(rows, columns))
-  print("\n" + against_best_fixed(per_seed, [key for key, _, _ in columns if key != "step_ms"]))
+  if any(label.startswith("fixed") for label in per_seed):
+    print("\n" + against_best_fixed(per_seed, [key for key, _, _ in columns if key != "step_ms"]))
   if unfinished:
     print(f"\nNot run yet (some seed unfinished): {', '.join(unfinished)}.")
   if histories:
