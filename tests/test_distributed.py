@@ -8,11 +8,16 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 import runs
 from tasks.base import read_metrics
 import tiny_configs
 import train
+
+
+# Minutes of CPU: run by .ci/run after the README's test command (`-m slow`).
+pytestmark = pytest.mark.slow
 
 
 def test_eight_devices_give_the_parameters_of_one_for_every_experiment():
