@@ -15,7 +15,6 @@ from tasks.base import read_metrics
 import tiny_configs
 import train
 
-
 # Minutes of CPU: run by .ci/run after the README's test command (`-m slow`).
 pytestmark = pytest.mark.slow
 
