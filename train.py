@@ -203,33 +203,34 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
       (loss, (metrics, task_state)), grads = grad_fn(state.params, state.task_state, batch, rng)
       return loss, metrics, task_state, grads, state.aggregator_state
     is_shared = multi.shared(state.params)
+    is_shared_leaves = jax.tree.leaves(is_shared)
     representation = multi.representation
+    num_tasks = len(multi.task_names)
     if representation is None:
       rows, (task_losses, (metrics, task_state)) = per_task_gradients(
-          lambda params: multi.task_losses(params, state.task_state, batch, rng), state.params)
+          lambda params: multi.task_losses(params, state.task_state, batch, rng), num_tasks, state.params)
       params_rows = [params_grads for (params_grads,) in rows]
-      aggregated_rows = [shared_leaves(params_grads, jax.tree.leaves(is_shared)) for params_grads in params_rows]
+      aggregated_rows = [shared_leaves(params_grads, is_shared_leaves) for params_grads in params_rows]
     else:
       features, encode_vjp = jax.vjp(lambda params: representation.encode(params, batch), state.params)
       rows, (task_losses, (metrics, task_state)) = per_task_gradients(
           lambda params, features: representation.task_losses(params, features, state.task_state, batch, rng),
-          state.params, features)
+          num_tasks, state.params, features)
       params_rows = [params_grads for params_grads, _ in rows]
       aggregated_rows = [jax.tree.leaves(feature_grads) for _, feature_grads in rows]
     # The rows of the Jacobian, leaf by leaf: a leading task axis on every shared array.
     jacobian = [jnp.stack(task_leaves) for task_leaves in zip(*aggregated_rows)]
     update, aggregator_state = multi.aggregator.update(
-        jacobian, state.aggregator_state, shared_leaves(state.params, jax.tree.leaves(is_shared)),
-        task_losses=task_losses)
+        jacobian, state.aggregator_state, shared_leaves(state.params, is_shared_leaves), task_losses=task_losses)
     # A head's gradient is its own task's: the other tasks' gradients of it are zeros.
     own = jax.tree.map(lambda *task_grads: sum(task_grads), *params_rows)
-    if representation is None:
+    if representation is None:  # The update's arrays are the shared parameters', in the order of the leaves.
       update_leaves = iter(update)
-      shared_update = jax.tree.map(lambda leaf, shared: next(update_leaves) if shared else leaf, own, is_shared)
+      grads = jax.tree.map(lambda own_grad, shared: next(update_leaves) if shared else own_grad, own, is_shared)
     else:  # One backward pass of the encoder takes the aggregated representation gradient to its parameters.
-      (shared_update,) = encode_vjp(jax.tree.unflatten(jax.tree.structure(features), update))
-    grads = jax.tree.map(lambda shared_grad, own_grad, shared: shared_grad if shared else own_grad,
-                         shared_update, own, is_shared)
+      (encoder_grads,) = encode_vjp(jax.tree.unflatten(jax.tree.structure(features), update))
+      grads = jax.tree.map(lambda encoder_grad, own_grad, shared: encoder_grad if shared else own_grad,
+                           encoder_grads, own, is_shared)
     weights = _effective_weights(jacobian, update)
     metrics = {**metrics, **{f"weight_{name}": w for name, w in zip(multi.task_names, weights)}}
     return jnp.sum(task_losses), metrics, task_state, grads, aggregator_state
@@ -258,7 +259,7 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
       next_batch=None if task.train_batch is None else jax.jit(task.train_batch, out_shardings=batch_sharding))
 
 
-def per_task_gradients(task_losses: Callable[..., tuple[jax.Array, Any]], *args):
+def per_task_gradients(task_losses: Callable[..., tuple[jax.Array, Any]], num_tasks: int, *args):
   """`([grads of task i's loss w.r.t. args, for each task i], (losses, aux))` of `task_losses(*args)`.
 
   One VJP per task, unrolled rather than vmapped: each backpropagates only through what its own loss
@@ -267,8 +268,6 @@ def per_task_gradients(task_losses: Callable[..., tuple[jax.Array, Any]], *args)
   VJPs of one forward pass did (its heads are small); their `jax.vmap`, whose batched convolution
   gradients XLA:CPU runs slowly, took 3.1× (BENCHMARKS.md, "Multi-task methods: step time").
   """
-  num_tasks = jax.eval_shape(task_losses, *args)[0].shape[0]
-
   def task_loss(index, *args):
     losses, aux = task_losses(*args)
     return losses[index], (losses, aux)

@@ -128,7 +128,7 @@ def _jacobian_strategy_rows(training, num_steps: int) -> dict:
   strategies = {"summed": jax.grad(lambda params: jnp.sum(losses_of(params))), "vmap over one VJP": vmapped,
                 "N VJPs of one forward pass": unrolled,
                 "one VJP per task loss (train.py)": lambda params: train.per_task_gradients(
-                    lambda p: (losses_of(p), ()), params)[0]}
+                    lambda p: (losses_of(p), ()), num_tasks, params)[0]}
 
   def timed(fn):
     fn = jax.jit(fn)
@@ -305,7 +305,7 @@ def main(argv):
     missing = [m for m in LOSS_LEVEL if m not in methods]
   else:
     methods, missing = _METHODS.value, []
-  methods += [name + REPRESENTATION for name in _REPRESENTATION.value]
+  methods = methods + [name + REPRESENTATION for name in _REPRESENTATION.value]
 
   jax_rows, failed = {}, {}
   plain_training, initial_params, jax_rows[PLAIN] = _jax_row(plain_config, num_steps)

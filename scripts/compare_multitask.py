@@ -77,8 +77,9 @@ def against_best_fixed(per_seed: dict[str, list[dict[str, float]]], metrics: lis
   metric (by the means): a method no fixed row dominates found a trade-off the fixed sweep did not.
   """
   fixed = [label for label in per_seed if label.startswith("fixed")]
+  best = {metric: max(fixed, key=lambda label, m=metric: _mean(per_seed[label], m)) for metric in metrics}
   lines = ["Against the best fixed weights on each metric (" + ", ".join(
-      f"{metric}: {max(fixed, key=lambda label, m=metric: _mean(per_seed[label], m))}" for metric in metrics)
+      f"{metric}: {label}" for metric, label in best.items())
       + "): the difference of the means (positive is better) / the pooled standard deviation over the seeds.\n",
       "| method | " + " | ".join(metrics) + " | beats the best fixed weights? | dominated by a fixed row? |",
       "|---" * (len(metrics) + 3) + "|"]
@@ -87,10 +88,10 @@ def against_best_fixed(per_seed: dict[str, list[dict[str, float]]], metrics: lis
       continue
     cells, deltas = [], []
     for metric in metrics:
-      best = max(fixed, key=lambda name, m=metric: _mean(per_seed[name], m))
-      delta = _mean(results, metric) - _mean(per_seed[best], metric)
+      reference = per_seed[best[metric]]
+      delta = _mean(results, metric) - _mean(reference, metric)
       pooled = np.sqrt((np.var([r[metric] for r in results], ddof=1)
-                        + np.var([r[metric] for r in per_seed[best]], ddof=1)) / 2)
+                        + np.var([r[metric] for r in reference], ddof=1)) / 2)
       deltas.append(delta / pooled)
       cells.append(f"{delta:+.3f} ({delta / pooled:+.1f} σ)")
     verdict = ("yes, clearly" if min(deltas) > 1 else "yes, within the spread" if min(deltas) > 0 else "no")
