@@ -41,15 +41,14 @@ from losses.angular import angular_loss
 from losses.angular import decode_orientation
 from losses.angular import encode_orientation
 from losses.angular import orientation_metrics
-from losses.instances import connected_components
-from losses.instances import discriminative_loss
-from losses.instances import extract_instances
-from losses.instances import extract_spatial_instances
-from losses.instances import f2_iou_score
-from losses.instances import pixel_coordinates
-from losses.instances import semi_conv_loss
-from losses.instances import semi_convolution
-from losses.instances import spatial_embedding_loss
+from losses.embeddings import discriminative_loss
+from losses.embeddings import semi_conv_loss
+from losses.extraction import connected_components
+from losses.extraction import extract_instances
+from losses.extraction import extract_spatial_instances
+from losses.extraction import pixel_coordinates
+from losses.extraction import semi_convolution
+from losses.matching import f2_iou_score
 from losses.multitask import LossWeighting
 from losses.multitask import balanced_weights_loss
 from losses.multitask import dwa_weights
@@ -62,6 +61,7 @@ from losses.propel import mixture_log_density
 from losses.propel import mixture_mean
 from losses.propel import propel_loss
 from losses.propel import split_mixture
+from losses.spatial import spatial_embedding_loss
 
 __version__ = "0.2.0"
 

@@ -222,3 +222,58 @@ def check_iou_thresholds(thresholds: Any) -> Any:
   if not ((values >= 0.5) & (values < 1.0)).all():
     raise ValueError(f"`thresholds` must lie in [0.5, 1) (matching is one-to-one only there), got {values.tolist()}.")
   return thresholds
+
+
+def safe_norm(x: jax.Array) -> jax.Array:
+  """‖x‖ over the last axis with gradient 0 (not NaN) at x = 0."""
+  squared = jnp.sum(x * x, axis=-1)
+  positive = squared > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
+def check_instance_inputs(embeddings, labels, max_instances, background):
+  """The checked `(B, H, W, C)` embeddings, `(B, H, W)` labels and static options of an embedding loss."""
+  max_instances = check_int(max_instances, "max_instances", minimum=0)
+  background = check_int(background, "background")
+  labels = check_labels(labels, "labels", max_instances, limit="max_instances")
+  embeddings = check_embeddings(embeddings, "embeddings", labels, "labels")
+  return embeddings, labels, max_instances, background
+
+
+def image_instances(ids: jax.Array, psi: jax.Array, background: int, max_instances: int):
+  """One image's pixels as `(H·W,)` segment ids and `(H·W, C)` embeddings, which pixels are in an instance,
+  and the per-segment pixel counts `(K+1,)` and mean embeddings `(K+1, C)` of those pixels.
+
+  Ids out of [0, `max_instances`] (unchecked inside a trace) are read as the background.
+  """
+  ids, psi = ids.reshape(-1), psi.reshape(-1, psi.shape[-1])
+  valid = (ids != background) & (ids >= 0) & (ids <= max_instances)
+  ids = jnp.where(valid, ids, background)
+  counts = jax.ops.segment_sum(valid.astype(psi.dtype), ids, max_instances + 1)
+  sums = jax.ops.segment_sum(jnp.where(valid[:, None], psi, 0.0), ids, max_instances + 1)
+  return ids, psi, valid, counts, sums / jnp.maximum(counts, 1.0)[:, None]
+
+
+def check_sigmas(sigmas: ArrayLike, embeddings: jax.Array) -> jax.Array:
+  """Float bandwidths `(B, H, W)` (one per pixel) or `(B, H, W, C)` (one per embedding dimension) as
+  `(B, H, W, 1)` or `(B, H, W, C)`, sharing (B, H, W) and C with the `(B, H, W, C)` `embeddings`."""
+  sigmas = as_float(sigmas, "sigmas")
+  message = shape_message("sigmas", sigmas.shape, "(B, H, W) or (B, H, W, C)", ("embeddings", embeddings))
+  chex().assert_rank(sigmas, {3, 4}, custom_message=message)
+  chex().assert_equal_shape_prefix([sigmas, embeddings], 3, custom_message=message)
+  if sigmas.ndim == 3:
+    return sigmas[..., None]
+  if sigmas.shape[-1] != 1:
+    chex().assert_equal_shape([sigmas, embeddings], custom_message=message)
+  return sigmas
+
+
+def gaussian(psi: jax.Array, centre: jax.Array, sigma: jax.Array) -> jax.Array:
+  """φ = exp(−Σ_d (ψ_d − c_d)² / (2σ_d²)) over the last axis; σ broadcasts (one or one per dimension).
+
+  σ² is floored at √tiny (the square root of the smallest normal number, ~1e-19 in float32), so σ = 0
+  gives φ = 1 at the centre and 0 elsewhere, not 0/0, and the gradients stay finite (1/σ⁴ does not
+  overflow); the sign of σ does not matter.
+  """
+  variance = jnp.maximum(sigma * sigma, np.sqrt(jnp.finfo(psi.dtype).tiny))
+  return jnp.exp(-jnp.sum((psi - centre) ** 2 / (2.0 * variance), axis=-1))

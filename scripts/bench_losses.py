@@ -487,7 +487,7 @@ def bench_spatial(quick: bool, repeats: int, budget: float) -> str:
 # ----------------------------------------------------------------------------
 # Airbus F2 metric.
 
-THRESHOLDS = np.asarray(losses.instances.AIRBUS_THRESHOLDS, np.float32)
+THRESHOLDS = np.asarray(losses.matching.AIRBUS_THRESHOLDS, np.float32)
 
 
 def f2_broadcast(true_labels, pred_labels, max_instances):
