@@ -16,6 +16,9 @@ checkpointing, logging and the guards that keep a long run safe:
 * A step whose loss, metrics or gradients are not finite is never applied; by
   default the run stops there (`config.on_nonfinite="stop"`), otherwise it is
   skipped and counted (`"skip"`).
+
+What the run leaves in `--workdir` (config, metrics, checkpoints, reports) is laid out, written and
+read by `rundir.py`.
 """
 
 from collections.abc import Callable
@@ -23,7 +26,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import time
 from typing import Any
@@ -42,6 +44,7 @@ import optax
 import orbax.checkpoint as ocp
 import rich.progress
 
+import rundir
 import tasks
 from tasks.base import ConfigError
 
@@ -264,9 +267,8 @@ def per_task_gradients(task_losses: Callable[..., tuple[jax.Array, Any]], num_ta
 
   One VJP per task, unrolled rather than vmapped: each backpropagates only through what its own loss
   reads (JAX's symbolic zeros drop the other tasks' heads), and XLA computes the shared forward pass once
-  for all of them. On the three-task U-Net on a 2-core CPU this took 1.7× the summed-loss gradient, as N
-  VJPs of one forward pass did (its heads are small); their `jax.vmap`, whose batched convolution
-  gradients XLA:CPU runs slowly, took 3.1× (BENCHMARKS.md, "Multi-task methods: step time").
+  for all of them. Unrolled rather than vmapped because XLA:CPU runs the batched convolution gradients
+  of a `jax.vmap` over the VJPs slowly (the timings: BENCHMARKS.md, "Multi-task methods: step time").
   """
   def task_loss(index, *args):
     losses, aux = task_losses(*args)
@@ -292,8 +294,8 @@ class BatchStream:
   """The global training batches in step order: the task's procedural `train_batch`, or its Grain loader.
 
   A loader's iterator yields this process's share of each batch; the shares become one global array
-  sharded over the mesh, and the iterator's position is saved with every checkpoint (`save_args`) and
-  restored with it (`restore_args`). The batches of the last two steps are kept for the report of a
+  sharded over the mesh, and the iterator's position is saved with every checkpoint (`save_arg`) and
+  restored with it (`restore_arg`). The batches of the last two steps are kept for the report of a
   non-finite step, which is checked one step late.
   """
 
@@ -316,112 +318,11 @@ class BatchStream:
   def recent(self, step: int):
     return self._recent[step]
 
-  def save_args(self) -> dict[str, Any]:
-    return {} if self._iterator is None else {"data": grain.checkpoint.CheckpointSave(self._iterator)}
+  def save_arg(self) -> grain.checkpoint.CheckpointSave | None:
+    return None if self._iterator is None else grain.checkpoint.CheckpointSave(self._iterator)
 
-  def restore_args(self) -> dict[str, Any]:
-    return {} if self._iterator is None else {"data": grain.checkpoint.CheckpointRestore(self._iterator)}
-
-
-class MetricWriter:
-  """Appends metrics to `metrics.jsonl` and TensorBoard event files (process 0 only).
-
-  Resuming at step `resume_step` first drops the records of later steps, which
-  the resumed run writes again, so the file never holds a step twice.
-  """
-
-  def __init__(self, workdir: str, resume_step: int, *, tensorboard: bool):
-    self._active = jax.process_index() == 0
-    if not self._active:
-      return
-    path = os.path.join(workdir, "metrics.jsonl")
-    records = []
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        # A line cut short by a kill is dropped with the records after the resume step.
-        records = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= resume_step]
-      with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(records)
-      os.replace(path + ".tmp", path)
-    self._written = {(r["split"], r["step"]) for r in map(json.loads, records)}
-    self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run, closed by close())
-    self._tensorboard = None
-    if tensorboard:
-      # Imported only when used: tensorboardX imports PyTorch where it is installed (seconds).
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      # TensorBoard hides the events of steps after `purge_step` left by the killed run.
-      self._tensorboard = SummaryWriter(logdir=workdir, purge_step=resume_step + 1 if resume_step else None)
-
-  def has(self, split: str, step: int) -> bool:
-    return self._active and (split, step) in self._written
-
-  def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
-    if not self._active:
-      return
-    self._written.add((split, step))
-    self._jsonl.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
-    self._jsonl.flush()
-    if self._tensorboard is not None:
-      for name, value in metrics.items():
-        self._tensorboard.add_scalar(f"{split}/{name}", value, step)
-      self._tensorboard.flush()
-
-  def close(self) -> None:
-    if self._active:
-      self._jsonl.close()
-      if self._tensorboard is not None:
-        self._tensorboard.close()
-
-
-def restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState, workdir: str,
-                   stream: BatchStream | None = None) -> TrainState:
-  """The state of the newest readable checkpoint, and `stream` moved to its step.
-
-  Unreadable checkpoints are moved to `<workdir>/broken_checkpoints/`; with none left, `state` is
-  returned and `stream` stays at its start.
-  """
-  abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  data_args = {} if stream is None else stream.restore_args()
-  for step in sorted(checkpoints.all_steps(), reverse=True):
-    try:
-      restored = checkpoints.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), **data_args))["state"]
-    except Exception as error:  # noqa: BLE001 (any failure to read means: use an older one)
-      logging.warning("Checkpoint at step %d cannot be read (%s: %s); trying the one before it.",
-                      step, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
-      if jax.process_index() == 0:
-        broken = os.path.join(workdir, "broken_checkpoints")
-        os.makedirs(broken, exist_ok=True)
-        shutil.move(os.path.join(workdir, "checkpoints", str(step)), os.path.join(broken, f"{step}-{time.time_ns()}"))
-      checkpoints.reload()
-      continue
-    logging.info("Resumed from the checkpoint at step %d.", step)
-    return restored
-  return state
-
-
-def latest_params(workdir: str) -> tuple[int, Any]:
-  """`(step, params)` of the newest checkpoint in `workdir`, on this process's first device.
-
-  For tools that read a finished run; whichever devices wrote it, nothing but its files is needed.
-  """
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  step = manager.latest_step()
-  manager.close()
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints.")
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
-  checkpointer = ocp.StandardCheckpointer()
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        checkpointer.metadata(path).item_metadata)
-  return step, checkpointer.restore(path, target)["params"]
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config of the run in `workdir`, as `train_and_evaluate` wrote it to `config.json`."""
-  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+  def restore_arg(self) -> grain.checkpoint.CheckpointRestore | None:
+    return None if self._iterator is None else grain.checkpoint.CheckpointRestore(self._iterator)
 
 
 class _PreemptionNotice:
@@ -465,7 +366,7 @@ def _report_nonfinite(batch, workdir: str, step: int, metrics, finite, last_chec
   if grads:
     terms.append(f"gradients of {len(grads)} of {sum(n.startswith('grad[') for n in finite)} parameter arrays "
                  f"(first {grads[0]})")
-  path = os.path.join(workdir, f"nonfinite_step_{step}.json")
+  path = rundir.nonfinite_report_path(workdir, step)
   if jax.process_index() == 0:
     report = {"step": step, "nonfinite": bad, "metrics": jax.tree.map(float, jax.device_get(metrics)),
               "batch": _statistics(jax.device_get(batch))}
@@ -533,26 +434,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   training = build_training(config, devices)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  checkpoints = ocp.CheckpointManager(
-      os.path.join(workdir, "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep,
-                                           cleanup_tmp_directories=True))
+  checkpoints = rundir.checkpoint_manager(workdir, config.max_checkpoints_to_keep)
   if jax.process_index() == 0:  # What the run was, for the tools that read it later (scripts/).
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=1))
+    rundir.write_config(workdir, config)
   stream = BatchStream(training, config.seed)
-  state = restore_latest(checkpoints, training.init(), workdir, stream)
+  state = training.init()
+  restored = rundir.restore_newest(checkpoints, workdir, state, stream.restore_arg())
+  if restored is not None:  # The newest readable checkpoint; `stream` was moved to its step.
+    state = restored
   first_step, last_step = int(state.step), config.num_train_steps
   last_checkpoint = first_step
-  writer = MetricWriter(workdir, resume_step=first_step, tensorboard=config.tensorboard)
+  writer = rundir.MetricWriter(workdir, resume_step=first_step, tensorboard=config.tensorboard)
   preemption = _PreemptionNotice()
   profiler = _StepProfiler(config.profile, workdir)
   eval_metrics = {}
 
   def save(step):
     nonlocal last_checkpoint
-    checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), **stream.save_args()),
-                     force=True)
+    rundir.save_checkpoint(checkpoints, step, state, stream.save_arg())
     last_checkpoint = step
 
   def check(step, metrics, finite):

@@ -18,8 +18,8 @@ from PIL import Image
 import rich.progress
 
 from data import airbus
+import rundir
 import tasks.instances
-import train
 
 _RUN = flags.DEFINE_string("run", None, "Workdir of a `configs/instances.py:airbus` run.", required=True)
 _IMAGES = flags.DEFINE_string("images", None, "Directory of the JPEGs to segment (Kaggle's test_v2).", required=True)
@@ -29,9 +29,9 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Images segmented at once."
 
 def write_submission(run: str, image_dir: str, output: str, *, batch_size: int = 16, progress: bool = True) -> int:
   """Writes the submission CSV of the run in `run` over the JPEGs in `image_dir`; returns the rows written."""
-  config = train.read_config(run)
+  config = rundir.read_config(run)
   segment = tasks.instances.segmenter(config)
-  _, params = train.latest_params(run)
+  _, params = rundir.latest_params(run)
   if not os.path.isdir(image_dir):
     raise FileNotFoundError(f"No directory {image_dir}.")
   image_ids = sorted(name for name in os.listdir(image_dir) if name.lower().endswith(".jpg"))

@@ -13,8 +13,8 @@ each seed in turn and the cells are the mean ± sample standard deviation over t
 from absl import app
 from absl import flags
 
+import rundir
 from scripts import tables
-import train
 
 _RUNS = flags.DEFINE_list("runs", [], "Comma-separated `label=workdir` pairs (labels may not contain commas).")
 _SEEDS = flags.DEFINE_list("seeds", [], "Seeds that replace `{seed}` in the workdirs; the cells become mean ± std.")
@@ -33,7 +33,7 @@ def method_scores(workdir: str, method: str) -> dict[str, float]:
 def main(argv):
   del argv
   runs = tables.read_runs(_RUNS.value, _SEEDS.value)
-  rows = [(label, [method_scores(path, train.read_config(path).method) for path in workdirs])
+  rows = [(label, [method_scores(path, rundir.read_config(path).method) for path in workdirs])
           for label, workdirs in runs]
   first_label, first_runs = runs[0]
   rows.append((f"connected components (foreground of the {first_label} runs)",

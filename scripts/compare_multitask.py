@@ -18,8 +18,8 @@ import jax
 import numpy as np
 
 from configs import multitask as multitask_config
+import rundir
 from scripts import tables
-from tasks import base
 from tasks import multitask
 import train
 
@@ -109,9 +109,9 @@ def _mean(results: list[dict[str, float]], metric: str) -> float:
 
 def _finished_eval(workdir: str, num_steps: int) -> dict[str, float] | None:
   """The final held-out metrics of a run in `workdir` that reached `num_steps`, else None."""
-  if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+  if not rundir.has_metrics(workdir):
     return None
-  evals = [r for r in base.read_metrics(workdir, "eval") if r["step"] == num_steps]
+  evals = [r for r in rundir.read_metrics(workdir, "eval") if r["step"] == num_steps]
   return {k: v for k, v in evals[-1].items() if k not in ("step", "split")} if evals else None
 
 
@@ -145,7 +145,7 @@ def main(argv):
     results, times = [], []
     for config, workdir, result in zip(configs, workdirs, finished):
       results.append(result or train.train_and_evaluate(config, workdir))
-      records = base.read_metrics(workdir, "train")
+      records = rundir.read_metrics(workdir, "train")
       times.append({"step_ms": step_ms(records)})
       if config.seed == int(_SEEDS.value[0]) and label in _PLOT.value:
         histories.append((label, records))

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from absl import app
 import numpy as np
 
-from tasks import base
+import rundir
 
 Column = tuple[str, str, str]  # (metric key, column title, format string)
 SEED = "{seed}"  # In a workdir given to `read_runs`: stands for each seed in turn.
@@ -13,7 +13,7 @@ SEED = "{seed}"  # In a workdir given to `read_runs`: stands for each seed in tu
 
 def final_eval(workdir: str) -> dict[str, float]:
   """The last evaluation record written to `<workdir>/metrics.jsonl`, with its "step"."""
-  return base.read_metrics(workdir, "eval")[-1]
+  return rundir.read_metrics(workdir, "eval")[-1]
 
 
 def parse_runs(runs: Sequence[str]) -> list[tuple[str, str]]:

@@ -2,7 +2,6 @@
 
 from collections.abc import Callable
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -145,12 +144,6 @@ def map_in_chunks(fn: Callable[..., PyTree], params: PyTree, images: jax.Array, 
   """`fn(params, images)` over chunks of `chunk_size` images, the outputs concatenated on axis 0."""
   chunks = [fn(params, images[i:i + chunk_size]) for i in range(0, images.shape[0], chunk_size)]
   return jax.tree.map(lambda *parts: jnp.concatenate(parts), *chunks)
-
-
-def read_metrics(workdir: str, split: str) -> list[dict[str, float]]:
-  """The records of `split` ("train" or "eval") that `train.py` wrote to `<workdir>/metrics.jsonl`, in order."""
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [record for record in map(json.loads, f) if record["split"] == split]
 
 
 def pyplot():

@@ -37,6 +37,7 @@ from data import digits
 import losses
 from models import UNet
 from models.unet import encoder_module_names
+import rundir
 from tasks import base
 from tasks.base import ConfigError
 from tasks.base import Task
@@ -183,7 +184,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
   def write_figures(params, task_state, workdir):
     del params, task_state
     return base.write_figure(workdir, "multitask_weights.png", functools.partial(
-        plot_weight_history, [(config.weighting, base.read_metrics(workdir, "train"))], task_names))
+        plot_weight_history, [(config.weighting, rundir.read_metrics(workdir, "train"))], task_names))
 
   return Task(init=init, train_batch=base.sampled_batches(sample_train, config.batch_size), loss=loss,
               evaluate=evaluate, write_figures=write_figures, task_gradients=task_gradients)

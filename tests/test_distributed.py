@@ -10,8 +10,9 @@ import jax
 import numpy as np
 import pytest
 
+import rundir
+from rundir import read_metrics
 import runs
-from tasks.base import read_metrics
 import tiny_configs
 import train
 
@@ -57,7 +58,7 @@ def test_two_processes_train_like_one(tmp_path):
   config = tiny_configs.get_config("orientation")
   config.optimizer.name = "sgd"
   train.train_and_evaluate(config, str(tmp_path / "one"))
-  (step_two, params_two), (step_one, params_one) = map(train.latest_params, (tmp_path / "two", tmp_path / "one"))
+  (step_two, params_two), (step_one, params_one) = map(rundir.latest_params, (tmp_path / "two", tmp_path / "one"))
   assert step_two == step_one == config.num_train_steps
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), params_two, params_one)
   # Process 0 alone wrote the metrics: one record per step, equal to the single process's.

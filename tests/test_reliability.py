@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 import airbus_layout
+import rundir
+from rundir import read_metrics
 import runs
 import tasks
-from tasks.base import read_metrics
 import tiny_configs
 import train
 
@@ -59,8 +60,8 @@ def without_timing(records):
 
 
 def assert_same_run(workdir, reference):
-  step, params = train.latest_params(workdir)
-  reference_step, reference_params = train.latest_params(reference)
+  step, params = rundir.latest_params(workdir)
+  reference_step, reference_params = rundir.latest_params(reference)
   assert step == reference_step
   jax.tree.map(np.testing.assert_array_equal, params, reference_params)
   for split in ("train", "eval"):
@@ -97,7 +98,7 @@ def test_killed_preempted_and_damaged_runs_resume_to_the_uninterrupted_result(tm
   run.send_signal(signal.SIGTERM)
   assert run.wait(timeout=120) == train.PREEMPTED_EXIT_STATUS, run.stderr.read()[-3000:]
   assert "saved the checkpoint at step" in run.stderr.read()
-  preempted_at, _ = train.latest_params(run_dir)
+  preempted_at, _ = rundir.latest_params(run_dir)
   assert 9 <= preempted_at == last_train_step(run_dir) < 12 and preempted_at % 4  # Not a scheduled step.
   run = start(run_dir, *steps)  # then left to finish.
   assert run.wait(timeout=300) == 0, run.stderr.read()[-3000:]
@@ -137,7 +138,7 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_checkpoint(tmp_path,
   with open(tmp_path / "nonfinite_step_3.json", encoding="utf-8") as f:
     report = json.load(f)
   assert report["batch"]["['image']"]["num_nonfinite"] == 1
-  step, params = train.latest_params(tmp_path)
+  step, params = rundir.latest_params(tmp_path)
   assert step == 2 and all(np.isfinite(p).all() for p in jax.tree.leaves(params))
 
 
@@ -150,7 +151,7 @@ def test_skipping_non_finite_steps_counts_them(tmp_path, monkeypatch):
   records = read_metrics(tmp_path, "train")
   assert [r["skipped_steps"] for r in records] == [0, 0, 1, 1]
   assert np.isnan(records[2]["loss"]) and np.isfinite(records[3]["loss"])
-  assert all(np.isfinite(p).all() for p in jax.tree.leaves(train.latest_params(tmp_path)[1]))
+  assert all(np.isfinite(p).all() for p in jax.tree.leaves(rundir.latest_params(tmp_path)[1]))
 
 
 # One setting of each kind; tests/test_train.py checks the other errors in-process.

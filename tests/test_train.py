@@ -11,8 +11,8 @@ from configs import instances
 from configs import multitask
 from configs import orientation
 from configs import propel
+from rundir import read_metrics
 import tasks
-from tasks.base import read_metrics
 import tasks.multitask
 import tiny_configs
 import train
