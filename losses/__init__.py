@@ -42,9 +42,11 @@ from losses.angular import decode_orientation
 from losses.angular import encode_orientation
 from losses.angular import orientation_metrics
 from losses.embeddings import discriminative_loss
+from losses.embeddings import semi_conv_kernel_loss
 from losses.embeddings import semi_conv_loss
 from losses.extraction import connected_components
 from losses.extraction import extract_instances
+from losses.extraction import extract_kernel_instances
 from losses.extraction import extract_spatial_instances
 from losses.extraction import pixel_coordinates
 from losses.extraction import semi_convolution
@@ -78,6 +80,7 @@ __all__ = (
     "dwa_weights",
     "encode_orientation",
     "extract_instances",
+    "extract_kernel_instances",
     "extract_spatial_instances",
     "f2_iou_score",
     "gradient_aggregator",
@@ -88,6 +91,7 @@ __all__ = (
     "orientation_metrics",
     "pixel_coordinates",
     "propel_loss",
+    "semi_conv_kernel_loss",
     "semi_conv_loss",
     "semi_convolution",
     "spatial_embedding_loss",

@@ -277,3 +277,44 @@ def gaussian(psi: jax.Array, centre: jax.Array, sigma: jax.Array) -> jax.Array:
   """
   variance = jnp.maximum(sigma * sigma, np.sqrt(jnp.finfo(psi.dtype).tiny))
   return jnp.exp(-jnp.sum((psi - centre) ** 2 / (2.0 * variance), axis=-1))
+
+
+KERNELS = ("laplacian", "gaussian")
+
+
+def check_kernel(kernel: str) -> str:
+  if kernel not in KERNELS:
+    raise ValueError(f"`kernel` must be one of {KERNELS}, got {kernel!r}.")
+  return kernel
+
+
+def kernel_exponent(psi: jax.Array, centre: jax.Array, sigma: ArrayLike, kernel: str) -> jax.Array:
+  """a ≥ 0 with the steered kernel K = exp(−a) between `psi` (…, C) and `centre`: a = ‖ψ − c‖/σ ("laplacian")
+  or ‖ψ − c‖²/(2σ²) ("gaussian"), over the last axis.
+
+  σ² is floored at √tiny as in `gaussian` (σ = 0 stays finite; its sign does not matter); the Laplacian's
+  norm has a zero gradient at ψ = c. K > 0.5 exactly where a < ln 2.
+  """
+  variance = jnp.maximum(jnp.square(sigma), np.sqrt(jnp.finfo(psi.dtype).tiny)).astype(psi.dtype)
+  difference = psi - centre
+  if kernel == "gaussian":
+    return jnp.sum(difference * difference, axis=-1) / (2.0 * variance)
+  return safe_norm(difference) / jnp.sqrt(variance)
+
+
+def shuffled_instances(draws: jax.Array, present: jax.Array) -> jax.Array:
+  """The ids `(K+1,)` of one image in the increasing order of their uniform `draws` `(K+1,)` in [0, 1), the
+  `present` ones first: a uniformly random order of the present instances."""
+  return jnp.argsort(jnp.where(present, draws, 2.0))
+
+
+def check_key(key: Any) -> jax.Array:
+  """A PRNG key: a typed key array `jax.random.key(…)` of shape () or a raw uint32 `(2,)` `PRNGKey`."""
+  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.shape != ():
+      raise ValueError(shape_message("key", key.shape, "() (one typed key)"))
+  elif key.dtype != jnp.uint32 or key.shape != (2,):
+    raise TypeError(f"`key` must be a PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), got dtype "
+                    f"{key.dtype} and shape {key.shape}.")
+  return key

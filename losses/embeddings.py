@@ -75,16 +75,141 @@ def semi_conv_loss(
   _common.check_reduction(reduction)
   embeddings, labels, max_instances, background = _common.check_instance_inputs(
       embeddings, labels, max_instances, background)
-  num_segments = max_instances + 1
 
   def per_image(ids, psi):
-    ids, psi, valid, counts, means = _common.image_instances(ids, psi, background, max_instances)
-    distances = jnp.where(valid, _common.safe_norm(psi - means[ids]), 0.0)
-    mean_distance = jax.ops.segment_sum(distances, ids, num_segments) / jnp.maximum(counts, 1.0)
-    return jnp.sum(mean_distance)
+    return _eq5(*_common.image_instances(ids, psi, background, max_instances))
 
   return _common.reduce_masked(jax.vmap(per_image)(labels, embeddings), None, reduction)
 
+
+def _eq5(ids, psi, valid, counts, means) -> jax.Array:
+  """Eq. 5 of one image from `_common.image_instances`: Σ_S mean_{u∈S} ‖Ψ_u − mean_S Ψ‖."""
+  distances = jnp.where(valid, _common.safe_norm(psi - means[ids]), 0.0)
+  return jnp.sum(jax.ops.segment_sum(distances, ids, counts.shape[0]) / jnp.maximum(counts, 1.0))
+
+
+
+# Negatives' −log(1 − K) is evaluated at a ≥ this (K ≤ exp(−1e-6)): at most −log(1e-6) ≈ 13.8 per pixel, with a
+# bounded gradient, where a negative coincides with the seed (a = 0, K = 1) and the exact value is infinite.
+_MIN_NEGATIVE_EXPONENT = 1e-6
+
+
+def semi_conv_kernel_loss(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    *,
+    sigma: ArrayLike,
+    key: ArrayLike,
+    max_instances: int,
+    num_seeds: int = 8,
+    kernel: str = "laplacian",
+    pull_weight: float = 1.0,
+    kernel_weight: float = 1.0,
+    background: int = 0,
+    reduction: str = "mean",
+) -> jax.Array:
+  """Novotny et al.'s complete semi-convolutional loss: eq. 5 plus a steered-kernel binary cross-entropy.
+
+  Eq. 5 (`semi_conv_loss`) only pulls each instance to its own mean: two touching instances whose pixels
+  all point at one shared point score 0. Section 3 of the paper (steered bilateral kernels) reads the
+  embeddings through a kernel K_σ(Ψ_s, Ψ_u) between a seed pixel s and every pixel u, and trains the kernel
+  map of a seed of instance S to be S's mask with a binary cross-entropy, together with eq. 5; a learned
+  scalar σ sets the kernel's width. Per image, with N = H·W pixels and n instances present:
+
+      K_σ(Ψ_s, Ψ_u) = exp(−a_su),  a_su = ‖Ψ_u − Ψ_s‖/σ ("laplacian", the paper's choice)
+                                        or ‖Ψ_u − Ψ_s‖²/(2σ²) ("gaussian"),
+      BCE_s   = (1/N) Σ_u [u ∈ S(s)]·a_su − [u ∉ S(s)]·log(1 − exp(−a_su)),
+      L_pull  = Σ_S (1/|S|) Σ_{u∈S} ‖Ψ_u − mean_S Ψ‖              (eq. 5),
+      L_kern  = (1/J) Σ_{j=1..J} BCE_{s_j},
+      L       = w_pull·L_pull + w_kern·L_kern.
+
+  Every pixel of the image counts in BCE_s: the seed's instance as positives, the background and every
+  other instance as negatives, which is what separates touching instances (eq. 5 never compares two
+  instances). Gradients flow through both Ψ_u and the seed's Ψ_s, and through σ.
+
+  Seeds. The paper samples the seed inside the instance; here J = `num_seeds` seeds per image (static),
+  so that the cost is O(B·J·H·W·C), flat in `max_instances`, instead of a kernel map per instance
+  (O(B·K·H·W·C)). The present instances are put in a uniformly random order and seed j takes the
+  (j mod n)-th of them, so each instance gets ⌊J/n⌋ or ⌈J/n⌉ seeds (all of them get one when n ≤ J);
+  within its instance the seed is a pixel drawn uniformly. By symmetry every instance has the same
+  expected number of seeds, so L_kern is an unbiased estimate of the mean over the instances of
+  E_{s uniform in S} BCE_s: instances weigh equally whatever their area, pixels equally within each.
+  The draws, reproducible from `key`: `order_key, pixel_key = jax.random.split(key)`; the instances of
+  image b in increasing order of `jax.random.uniform(order_key, (B, max_instances + 1))[b]` (present ids
+  only); seed j is the ⌊v·|S|⌋-th pixel (in row-major order) of its instance S, with
+  v = `jax.random.uniform(pixel_key, (B, num_seeds))[b, j]`.
+
+  Numerics: the positives' −log K = a is exact; the negatives' −log(1 − K) = −log(−expm1(−a)) is taken at
+  max(a, 1e-6), so a negative on top of the seed costs ≈ 13.8 instead of ∞; σ² is floored at √tiny.
+  An image without instances adds 0 (no seed), as does one without pixels.
+
+  Args:
+    embeddings: `(B, H, W, C)` semi-convolutional embeddings Ψ (e.g. from `semi_convolution`), C ≥ 1.
+    labels: `(B, H, W)` integer instance ids in [0, `max_instances`], as for `semi_conv_loss`.
+    sigma: the kernel width σ > 0 in the embeddings' units, a scalar (e.g. exp of a trained log σ; it may
+      be traced, and the loss is differentiable in it).
+    key: a PRNG key (`jax.random.key` or `jax.random.PRNGKey`) for the seeds.
+    max_instances: static largest id (≥ 0).
+    num_seeds: static number J ≥ 1 of seeds per image.
+    kernel: "laplacian" or "gaussian".
+    pull_weight: weight w_pull ≥ 0 of eq. 5.
+    kernel_weight: weight w_kern ≥ 0 of the kernel cross-entropy.
+    background: the static id excluded from the loss (its pixels are negatives of every seed).
+    reduction: "mean" or "sum" over the B images, or "none" for `(B,)`; the mean over an empty batch is 0.
+
+  Returns:
+    A scalar, or `(B,)` for `reduction="none"`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> import losses
+    >>> labels = jnp.array([[[1, 1, 2, 2]]])  # two touching instances ...
+    >>> merged = jnp.zeros((1, 1, 4, 2))  # ... whose pixels all point at one point
+    >>> print(losses.semi_conv_loss(merged, labels, max_instances=2))  # eq. 5 alone is satisfied
+    0.0
+    >>> loss = lambda e: losses.semi_conv_kernel_loss(e, labels, sigma=1.0, key=jax.random.key(0), max_instances=2)
+    >>> print(round(float(loss(merged)), 2))  # half of each seed's pixels are negatives at K = 1
+    6.91
+    >>> apart = jnp.array([[[[0.0, 0.0], [0.0, 0.0], [20.0, 0.0], [20.0, 0.0]]]])
+    >>> print(round(float(loss(apart)), 6))
+    0.0
+  """
+  _common.check_reduction(reduction)
+  kernel = _common.check_kernel(kernel)
+  num_seeds = _common.check_int(num_seeds, "num_seeds", minimum=1)
+  _common.check_number(sigma, "sigma", minimum=0.0, strict=True)
+  for name, value in (("pull_weight", pull_weight), ("kernel_weight", kernel_weight)):
+    _common.check_number(value, name, minimum=0.0)
+  embeddings, labels, max_instances, background = _common.check_instance_inputs(
+      embeddings, labels, max_instances, background)
+  key = _common.check_key(key)
+  dtype = jnp.result_type(embeddings, sigma)
+  embeddings, sigma = embeddings.astype(dtype), jnp.asarray(sigma, dtype)
+  order_key, pixel_key = jax.random.split(key)
+  instance_draws = jax.random.uniform(order_key, (labels.shape[0], max_instances + 1))
+  pixel_draws = jax.random.uniform(pixel_key, (labels.shape[0], num_seeds))
+  pixels = labels.shape[1] * labels.shape[2]
+
+  def per_image(ids, psi, instance_draw, pixel_draw):
+    ids, psi, valid, counts, means = _common.image_instances(ids, psi, background, max_instances)
+    pull = _eq5(ids, psi, valid, counts, means)
+    if pixels == 0:
+      return pull_weight * pull
+    num_present = jnp.sum(counts > 0)  # `counts` holds instance pixels only: the background's is 0.
+    order = _common.shuffled_instances(instance_draw, counts > 0)
+    seed_ids = order[jnp.arange(num_seeds) % jnp.maximum(num_present, 1)]
+    sizes = counts[seed_ids]
+    rank = jnp.minimum(jnp.floor(pixel_draw * sizes), sizes - 1).astype(jnp.int32)
+    positive = valid[None, :] & (ids[None, :] == seed_ids[:, None])  # (J, N): each seed's instance mask.
+    position = jnp.cumsum(positive, axis=1, dtype=jnp.int32) - 1
+    seed_pixels = jnp.argmax(positive & (position == rank[:, None]), axis=1)
+    exponent = _common.kernel_exponent(psi[None, :, :], psi[seed_pixels][:, None, :], sigma, kernel)
+    negative = -jnp.log(-jnp.expm1(-jnp.maximum(exponent, _MIN_NEGATIVE_EXPONENT)))
+    cross_entropy = jnp.mean(jnp.where(positive, exponent, negative))
+    return pull_weight * pull + kernel_weight * jnp.where(num_present > 0, cross_entropy, 0.0)
+
+  per_image_losses = jax.vmap(per_image)(labels, embeddings, instance_draws, pixel_draws)
+  return _common.reduce_masked(per_image_losses, None, reduction)
 
 
 def discriminative_loss(

@@ -11,6 +11,7 @@ merges objects that touch.
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
+import numpy as np
 
 from losses import _common
 
@@ -108,20 +109,97 @@ def extract_instances(
 
   def per_image(probability, psi):
     probability, psi = probability.reshape(-1), psi.reshape(-1, psi.shape[-1])
-    is_foreground = probability > foreground_threshold
 
-    def round_(k, labels):
-      free = is_foreground & (labels == 0)
-      seed = jnp.argmax(jnp.where(free, probability, -1.0))
+    def propose(seed, free, clustered):
       near_seed = free & (jnp.sum((psi - psi[seed]) ** 2, axis=-1) <= distance ** 2)
       centre = jnp.sum(jnp.where(near_seed[:, None], psi, 0.0), axis=0) / jnp.maximum(jnp.sum(near_seed), 1)
-      members = free & (jnp.sum((psi - centre) ** 2, axis=-1) <= distance ** 2) & jnp.any(free)
-      return jnp.where(members, k + 1, labels)
+      members = free & (jnp.sum((psi - centre) ** 2, axis=-1) <= distance ** 2)
+      return members, jnp.any(free), clustered | members
 
-    labels = jax.lax.fori_loop(0, max_instances, round_, jnp.zeros(probability.shape, jnp.int32))
+    labels = _grow_from_seeds(probability, probability > foreground_threshold, propose, max_instances, max_instances)
     return labels.reshape(foreground.shape[1:])
 
   return jax.vmap(per_image)(foreground, embeddings)
+
+
+def extract_kernel_instances(
+    foreground: ArrayLike, embeddings: ArrayLike, *, sigma: ArrayLike, max_instances: int,
+    kernel: str = "laplacian", foreground_threshold: float = 0.5, min_pixels: int = 1) -> jax.Array:
+  """Instances read out around seeds through the learned steered kernel (Novotny et al.): no radius to tune.
+
+  The inference of `semi_conv_kernel_loss`, which trains the kernel map K_σ(Ψ_s, Ψ_u) of a seed s to be
+  its instance's mask: an instance is the 0.5 level set of its seed's kernel map. The foreground is the
+  pixels with probability > `foreground_threshold`. Each round takes the unclustered foreground pixel of
+  highest foreground probability as the seed s and proposes the unclustered foreground pixels u with
+  K_σ(Ψ_s, Ψ_u) > 0.5 (a_su < ln 2, see `semi_conv_kernel_loss`; the seed is always one); the proposal
+  becomes a new instance if it has at least `min_pixels` pixels, and its pixels are clustered either
+  way. Rounds after the foreground is used up do nothing. A fixed number of `lax.fori_loop` rounds, no
+  host round trip; the loop is the one of `extract_instances` and `extract_spatial_instances`.
+
+  Args:
+    foreground: `(B, H, W)` float foreground probabilities.
+    embeddings: `(B, H, W, C)` float embeddings Ψ, C ≥ 1.
+    sigma: the kernel width σ > 0 the loss learned, a scalar (it may be traced).
+    max_instances: static number of rounds (≥ 0), the most instances per image.
+    kernel: "laplacian" or "gaussian", as trained.
+    foreground_threshold: probability above which a pixel is foreground.
+    min_pixels: static smallest instance kept (≥ 1).
+
+  Returns:
+    `(B, H, W)` int32 labels: 0 background, 1…`max_instances` instances in the order found; all 0 for
+    images without pixels (H·W = 0), empty for B = 0.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import losses
+    >>> foreground = jnp.array([[[0.9, 0.8, 0.1, 0.7, 0.95]]])
+    >>> embeddings = jnp.array([[[[0.0], [0.5], [0.0], [9.0], [9.2]]]])
+    >>> print(losses.extract_kernel_instances(foreground, embeddings, sigma=1.0, max_instances=4))  # ln 2 ≈ 0.69
+    [[[2 2 0 1 1]]]
+  """
+  foreground = _common.check_rank(_common.as_float(foreground, "foreground"), "foreground", 3, "(B, H, W)")
+  embeddings = _common.check_embeddings(embeddings, "embeddings", foreground, "foreground")
+  max_instances = _common.check_int(max_instances, "max_instances", minimum=0)
+  min_pixels = _common.check_int(min_pixels, "min_pixels", minimum=1)
+  kernel = _common.check_kernel(kernel)
+  _common.check_number(sigma, "sigma", minimum=0.0, strict=True)
+  _common.check_number(foreground_threshold, "foreground_threshold")
+  if foreground.shape[1] * foreground.shape[2] == 0:
+    return jnp.zeros(foreground.shape, jnp.int32)
+  dtype = jnp.result_type(embeddings, sigma)
+
+  def per_image(probability, psi):
+    probability, psi = probability.reshape(-1), psi.reshape(-1, psi.shape[-1]).astype(dtype)
+
+    def propose(seed, free, clustered):
+      proposal = free & (_common.kernel_exponent(psi, psi[seed], sigma, kernel) < np.log(2.0))
+      return proposal, jnp.sum(proposal) >= min_pixels, clustered | proposal
+
+    labels = _grow_from_seeds(probability, probability > foreground_threshold, propose, max_instances, max_instances)
+    return labels.reshape(foreground.shape[1:])
+
+  return jax.vmap(per_image)(foreground, embeddings)
+
+
+def _grow_from_seeds(score, is_foreground, propose, num_rounds: int, max_instances: int) -> jax.Array:
+  """The greedy loop of the extractions: `(N,)` int32 labels after `num_rounds` `lax.fori_loop` rounds.
+
+  Each round takes the foreground pixel not yet clustered with the highest `score` as the seed and calls
+  `propose(seed, free, clustered) -> (proposal, accepted, clustered after)`, with `free` the foreground
+  pixels not yet clustered; an accepted proposal (at most `max_instances` of them) labels its pixels not
+  yet in an instance with the next id (1, 2, …).
+  """
+  def round_(_, carry):
+    labels, clustered, found = carry
+    free = is_foreground & ~clustered
+    seed = jnp.argmax(jnp.where(free, score, -jnp.inf))
+    proposal, accepted, clustered = propose(seed, free, clustered)
+    accepted = accepted & (found < max_instances)
+    labels = jnp.where(accepted & proposal & (labels == 0), found + 1, labels)
+    return labels, clustered, found + accepted.astype(jnp.int32)
+
+  start = (jnp.zeros(score.shape, jnp.int32), jnp.zeros(score.shape, bool), jnp.zeros((), jnp.int32))
+  return jax.lax.fori_loop(0, num_rounds, round_, start)[0]
 
 
 def extract_spatial_instances(
@@ -185,20 +263,15 @@ def extract_spatial_instances(
     score = jax.nn.sigmoid(seed.reshape(-1).astype(dtype))
     is_foreground = score > foreground_threshold
 
-    def round_(_, carry):
-      labels, clustered, found = carry
-      free = is_foreground & ~clustered
-      centre = jnp.argmax(jnp.where(free, score, -1.0))
+    def propose(centre, free, clustered):
       active = (jnp.sum(free) >= min_pixels) & (score[centre] >= seed_threshold)
-      clustered = clustered | (active & (jnp.arange(labels.size) == centre))  # The seed, before counting.
+      clustered = clustered | (active & (jnp.arange(score.size) == centre))  # The seed, before counting.
       proposal = is_foreground & (_common.gaussian(psi, psi[centre], sigma[centre]) > 0.5) & active
       size = jnp.sum(proposal)
-      accepted = (size >= min_pixels) & (2 * jnp.sum(proposal & ~clustered) > size) & (found < max_instances)
-      labels = jnp.where(accepted & proposal & (labels == 0), found + 1, labels)
-      return labels, clustered | proposal, found + accepted.astype(jnp.int32)
+      accepted = (size >= min_pixels) & (2 * jnp.sum(proposal & ~clustered) > size)
+      return proposal, accepted, clustered | proposal
 
-    start = (jnp.zeros(score.shape, jnp.int32), jnp.zeros(score.shape, bool), jnp.zeros((), jnp.int32))
-    labels = jax.lax.fori_loop(0, max_rounds, round_, start)[0]
+    labels = _grow_from_seeds(score, is_foreground, propose, max_rounds, max_instances)
     return labels.reshape(seeds.shape[1:])
 
   return jax.vmap(per_image)(embeddings, sigmas, seeds)

@@ -6,7 +6,8 @@ Lovász hinge on each instance's Gaussian of the distance to its centre, a
 smoothness term on σ and a seed regression. Its per-instance statistics are
 segment sums over the pixels, as in `losses.embeddings`, but the hinge sorts
 every instance's Gaussian over the whole image, so its time (not its memory)
-grows with `max_instances`. `losses.extraction.extract_spatial_instances` is
+grows with `max_instances`, unless `sampled_instances` draws a fixed number
+of instances per image. `losses.extraction.extract_spatial_instances` is
 its inference: seeds and learned σ, no clustering radius.
 """
 
@@ -114,6 +115,8 @@ def spatial_embedding_loss(
     sigma_weight: float = 10.0,
     seed_weight: float = 1.0,
     foreground_weight: float = 10.0,
+    sampled_instances: int | None = None,
+    key: ArrayLike | None = None,
     background: int = 0,
     reduction: str = "mean",
 ) -> jax.Array:
@@ -156,12 +159,18 @@ def spatial_embedding_loss(
 
   Cost. Per-instance statistics are segment sums over the pixels, as in `semi_conv_loss`: no one-hot
   tensor. The hinge, however, needs each instance's φ_k over all H·W pixels and a sort of them, which is
-  inherent to the loss: it is a `lax.scan` over the slots (every id but the background) whose custom JVP
-  computes each slot's gradient as it goes and accumulates it, so memory is O(B·H·W·C + B·K·C), flat in
-  K, for the value and the gradient alike, but time is O(B·K·H·W·(C + log(H·W))), linear in
-  `max_instances` (absent slots are sorted too, the shapes being fixed). This is the one term of the
-  instance losses here that is not flat in the number of instances. `jax.jit`, `vmap`, `grad` and `jvp`
-  all work.
+  inherent to the loss: it is a `lax.scan` over the slots whose custom JVP computes each slot's gradient
+  as it goes and accumulates it, so memory is O(B·H·W·C + B·K·C), flat in K, for the value and the
+  gradient alike. By default the slots are every id but the background, and time is
+  O(B·K·H·W·(C + log(H·W))), linear in `max_instances` (absent slots are sorted too, the shapes being
+  fixed). With `sampled_instances` = S the slots are S of the instances present, drawn uniformly without
+  replacement (all of them when at most S are present), and L_inst is the mean hinge over those:
+  simple random sampling, so an unbiased estimate of L_inst that is exact for images with at most S
+  instances, at a time O(B·S·H·W·(C + log(H·W))) flat in `max_instances`. Every other term stays exact.
+  The draw, reproducible from `key`: the present ids of image b in increasing order of
+  `jax.random.uniform(key, (B, max_instances + 1))[b]`, the first S of them. (Windows around each
+  instance would change the loss, whose hinge takes every pixel of the image as a negative.)
+  `jax.jit`, `vmap`, `grad` and `jvp` all work.
 
   Args:
     embeddings: `(B, H, W, C)` predicted centres e_i, C ≥ 1, in the caller's units (the reference code
@@ -180,6 +189,10 @@ def spatial_embedding_loss(
     sigma_weight: weight w_σ of L_smooth.
     seed_weight: weight w_seed of L_seed.
     foreground_weight: weight w_fg of the instance pixels in L_seed.
+    sampled_instances: static number S ≥ 1 of instances per image whose hinge is computed, or None for
+      every slot (exact; time linear in `max_instances`). S at least the number of instance ids (`max_instances`
+      with the background in [0, `max_instances`]) is the exact loss.
+    key: a PRNG key for the sampled instances; needed with `sampled_instances` < `max_instances`.
     background: the static id excluded from the loss.
     reduction: "mean" or "sum" over the B images, or "none" for `(B,)`; the mean over an empty batch
       is 0.
@@ -216,17 +229,27 @@ def spatial_embedding_loss(
     _common.chex().assert_equal_shape_suffix([coordinates, embeddings], 3, custom_message=message)
     if coordinates.ndim == 4:
       _common.chex().assert_equal_shape([coordinates, embeddings], custom_message=message)
+  num_segments = max_instances + 1
+  # The hinge's slots: every id but the background (all of them if the background is out of range).
+  slots = np.array([k for k in range(num_segments) if k != background], np.int32)
+  if sampled_instances is not None:
+    sampled_instances = _common.check_int(sampled_instances, "sampled_instances", minimum=1)
+    if sampled_instances >= len(slots):
+      sampled_instances = None  # Every instance is drawn: the exact loss, without a key.
+    elif key is None:
+      raise ValueError(f"`sampled_instances`={sampled_instances} < {len(slots)} instance ids draws instances: "
+                       "pass `key`.")
   dtype = jnp.result_type(embeddings, sigmas, seeds, *(() if coordinates is None else (coordinates,)))
   embeddings, sigmas, seeds = embeddings.astype(dtype), sigmas.astype(dtype), seeds.astype(dtype)
   inputs = (labels, embeddings, sigmas, seeds)
   if coordinates is not None:
     inputs += (jnp.broadcast_to(coordinates.astype(dtype), embeddings.shape),)
-  num_segments = max_instances + 1
-  # The hinge's slots: every id but the background (all of them if the background is out of range).
-  slots = np.array([k for k in range(num_segments) if k != background], np.int32)
+  if sampled_instances is not None:
+    inputs += (jax.random.uniform(_common.check_key(key), (labels.shape[0], num_segments)),)
   pixels = max(labels.shape[1] * labels.shape[2], 1)
 
-  def per_image(ids, psi, sigma, seed, xy=None):
+  def per_image(ids, psi, sigma, seed, *extra):
+    xy, draws = (extra[0] if coordinates is not None else None), (extra[-1] if sampled_instances else None)
     ids, psi, valid, counts, means = _common.image_instances(ids, psi, background, max_instances)
     if xy is not None:  # The centres are the instances' mean coordinates.
       means = _common.image_instances(ids, xy, background, max_instances)[4]
@@ -248,9 +271,14 @@ def spatial_embedding_loss(
     seed_term = jnp.sum(seed_term) / pixels
 
     # The Lovász hinge of each slot's Gaussian over the whole image, one slot at a time.
-    hinges = _hinge_sum(psi, means[slots], sigma_k[slots], jnp.asarray(slots), counts[slots], present[slots], ids,
-                        valid)
-    instance_term = hinges / num_present
+    if sampled_instances is None:
+      chosen, chosen_present, num_chosen = jnp.asarray(slots), present[slots], num_present
+    else:  # The first S of the present instances in a random order.
+      chosen = _common.shuffled_instances(draws, present)[:sampled_instances]
+      chosen_present = jnp.arange(sampled_instances) < jnp.sum(present)
+      num_chosen = jnp.maximum(jnp.sum(chosen_present), 1)
+    hinges = _hinge_sum(psi, means[chosen], sigma_k[chosen], chosen, counts[chosen], chosen_present, ids, valid)
+    instance_term = hinges / num_chosen
     return instance_weight * instance_term + sigma_weight * smooth + seed_weight * seed_term
 
   per_image_losses = jax.vmap(per_image)(*inputs)

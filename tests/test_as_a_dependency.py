@@ -80,6 +80,13 @@ CASES = {
                        (_floats(2, 5, 5, 2), _labels(2, 5, 5))),
     "semi_conv_loss/traced labels": (lambda l, e: losses.semi_conv_loss(e, l, max_instances=3),
                                      (_labels(2, 5, 5), _floats(2, 5, 5, 2))),
+    "semi_conv_kernel_loss": (lambda e, l: losses.semi_conv_kernel_loss(e, l, sigma=0.7, key=jax.random.key(1),
+                                                                        max_instances=3, num_seeds=3),
+                              (_floats(2, 5, 5, 2), _labels(2, 5, 5))),
+    "semi_conv_kernel_loss/traced sigma, gaussian": (
+        lambda s, e, l: losses.semi_conv_kernel_loss(e, l, sigma=s, key=jax.random.PRNGKey(2), max_instances=3,
+                                                     kernel="gaussian"),
+        (np.float32(1.3), _floats(2, 5, 5, 2), _labels(2, 5, 5))),
     "discriminative_loss": (lambda e, l: losses.discriminative_loss(e, l, max_instances=3),
                             (_floats(2, 5, 5, 2), _labels(2, 5, 5))),
     "f2_iou_score": (lambda p, t: losses.f2_iou_score(p, t, max_instances=4), (_labels(2, 6, 6), _labels(2, 6, 6))),
@@ -89,6 +96,11 @@ CASES = {
     "semi_convolution": (lambda e, s: losses.semi_convolution(e, scale=s), (_floats(2, 3, 4, 3), np.float32(2.5))),
     "extract_instances": (lambda f, e: losses.extract_instances(f, e, max_instances=3, distance=0.5),
                           (RNG.random((2, 5, 5)).astype(np.float32), _floats(2, 5, 5, 2))),
+    "extract_kernel_instances": (lambda f, e: losses.extract_kernel_instances(f, e, sigma=0.8, max_instances=3),
+                                 (RNG.random((2, 5, 5)).astype(np.float32), _floats(2, 5, 5, 2))),
+    "extract_kernel_instances/traced sigma": (
+        lambda s, f, e: losses.extract_kernel_instances(f, e, sigma=s, max_instances=3, kernel="gaussian"),
+        (np.float32(0.8), RNG.random((2, 5, 5)).astype(np.float32), _floats(2, 5, 5, 2))),
     "connected_components": (losses.connected_components, (RNG.random((2, 5, 5)) > 0.5,)),
     "trainable_alpha_loss": (losses.trainable_alpha_loss,
                              (np.float32(0.3), RNG.random(4).astype(np.float32), np.float32(2.0))),
@@ -107,6 +119,11 @@ CASES = {
         lambda s, e, z, l, c: losses.spatial_embedding_loss(e, s, z, l, max_instances=3, coordinates=c),
         (RNG.uniform(0.5, 1.5, (2, 5, 5)).astype(np.float32), _floats(2, 5, 5, 2), _floats(2, 5, 5),
          _labels(2, 5, 5), _floats(5, 5, 2))),
+    "spatial_embedding_loss/sampled instances": (
+        lambda e, s, z, l: losses.spatial_embedding_loss(e, s, z, l, max_instances=3, sampled_instances=2,
+                                                         key=jax.random.key(3)),
+        (_floats(2, 5, 5, 2), RNG.uniform(0.5, 1.5, (2, 5, 5)).astype(np.float32), _floats(2, 5, 5),
+         _labels(2, 5, 5))),
     "extract_spatial_instances": (lambda e, s, z: losses.extract_spatial_instances(e, s, z, max_instances=3),
                                   (_floats(2, 5, 5, 2), RNG.uniform(0.5, 1.5, (2, 5, 5)).astype(np.float32),
                                    _floats(2, 5, 5))),
@@ -183,7 +200,8 @@ def test_each_function_under_each_transformation_equals_eager(case):
 
 
 DIFFERENTIABLE = ("angular_loss", "propel_loss", "semi_conv_loss", "discriminative_loss", "mixture_log_density",
-                  "trainable_alpha_loss", "spatial_embedding_loss",
+                  "trainable_alpha_loss", "spatial_embedding_loss", "spatial_embedding_loss/sampled instances",
+                  "semi_conv_kernel_loss", "semi_conv_kernel_loss/traced sigma, gaussian",
                   "spatial_embedding_loss/traced sigmas, coordinate centres")
 
 
