@@ -1,6 +1,6 @@
 """Loss benchmarks: each public loss against the formulation a user would otherwise write, and a floor.
 
-    python -m scripts.bench_losses                      # full run, ~1.5 minutes on 2 CPU cores
+    python -m scripts.bench_losses                      # every benchmark at every size
     python -m scripts.bench_losses --quick --only=angular,propel
     python -m scripts.bench_losses --output=/tmp/loss-benchmarks.md
 
@@ -36,13 +36,8 @@ there is no allocator high-water mark for the CPU backend. Prints Markdown.
 """
 
 from collections.abc import Callable
-import datetime
-import importlib.metadata
 import math
-import os
-import platform
 import statistics
-import sys
 import time
 
 from absl import app
@@ -52,24 +47,19 @@ import jax.numpy as jnp
 import numpy as np
 
 import losses
+from scripts import benchmarking
 
-_QUICK = flags.DEFINE_bool("quick", False, "Fewer sizes and repeats (a smoke test, ~35 s on 2 CPU cores).")
+_QUICK = flags.DEFINE_bool("quick", False, "Fewer sizes and repeats (a smoke test).")
 _ONLY = flags.DEFINE_list("only", ["angular", "propel", "semi_conv", "spatial", "f2", "multitask"],
                           "Which benchmarks: angular, propel, semi_conv, spatial, f2, multitask.")
 _REPEATS = flags.DEFINE_integer("repeats", 0, "Timed repeats per implementation (0: 15, or 5 with --quick).")
 _OUTPUT = flags.DEFINE_string("output", "", "Also write the Markdown to this file.")
 
-CORES = len(os.sched_getaffinity(0))
-
-try:
-  import torch  # pylint: disable=g-import-not-at-top
+CORES = benchmarking.usable_cores()
+torch = benchmarking.optional_import("torch")
+if torch is not None:
   torch.set_num_threads(CORES)
-except ImportError:
-  torch = None
-try:
-  import torchpropel  # pylint: disable=g-import-not-at-top
-except ImportError:
-  torchpropel = None
+torchpropel = benchmarking.optional_import("torchpropel")
 
 
 # ----------------------------------------------------------------------------
@@ -83,25 +73,19 @@ class Impl:
     self.name, self.call, self.kind, self.elements = name, call, kind, elements
     self.times: list[float] = []
 
-  def run_once(self) -> float:
-    start = time.perf_counter()
+  def run(self) -> None:
     result = self.call()
     if self.kind == "jax":
       jax.block_until_ready(result)
-    return time.perf_counter() - start
 
 
 def measure(impls: list[Impl], repeats: int, budget_s: float) -> None:
-  """Warms each implementation up, then times them round-robin; a slow one gets fewer repeats (≥ 3)."""
-  wanted = {}
-  for impl in impls:
-    impl.run_once()  # Compiles (JAX) or warms caches.
-    warm = impl.run_once()
-    wanted[impl.name] = max(3, min(repeats, int(budget_s / max(warm, 1e-9))))
-  for round_index in range(max(wanted.values())):
-    for impl in impls:
-      if round_index < wanted[impl.name]:
-        impl.times.append(impl.run_once())
+  """Warms the implementations up, then times them round-robin; a slow one gets fewer repeats (≥ 3)."""
+  runs = {impl: impl.run for impl in impls}
+  warm = benchmarking.interleaved_rounds(runs, 1)  # The first call compiles (JAX) or warms caches.
+  wanted = {impl: max(3, min(repeats, int(budget_s / max(seconds, 1e-9)))) for impl, (seconds,) in warm.items()}
+  for impl, times in benchmarking.interleaved_rounds(runs, wanted, warmup=0).items():
+    impl.times = times
 
 
 def median_ms(impl: Impl | None) -> float | None:
@@ -588,25 +572,8 @@ def bench_f2(quick: bool, repeats: int, budget: float) -> str:
 
 
 def environment() -> str:
-  cpu = "unknown"
-  with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-    for line in cpuinfo:
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-
-  def version(package):
-    try:
-      return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-      return "not installed"
-
-  versions = ", ".join(f"{p} {version(p)}" for p in ("jax", "jaxlib", "numpy", "torch", "torchpropel"))
-  return (f"Machine: {cpu}, {os.cpu_count()} cores ({CORES} usable by this process; XLA's CPU thread pool and "
-          f"PyTorch's intra-op threads: {CORES}), {platform.system()} {platform.machine()}, Python "
-          f"{platform.python_version()}. Versions: {versions}. JAX devices: {jax.devices()}. "
-          f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
-          f"`python -m scripts.bench_losses {' '.join(sys.argv[1:])}`.")
+  return (benchmarking.environment("scripts.bench_losses", ("jax", "jaxlib", "numpy", "torch", "torchpropel"))
+          + f" XLA's CPU thread pool and PyTorch's intra-op threads: {CORES}.")
 
 
 BENCHMARKS = {"angular": bench_angular, "propel": bench_propel, "semi_conv": bench_semi_conv, "spatial": bench_spatial,

@@ -17,7 +17,7 @@ encoder's skip tensors and bottleneck output) then `torchjd.autojac.jac_to_grad`
 parameters with `UPGrad()`, `MGDA()` or `PCGrad()`, global-norm clipping and Adam with the config's
 schedule, as `train.make_optimizer` builds it; and a plain PyTorch step of the summed losses. PyTorch runs
 on CUDA when JAX runs on a GPU and PyTorch has CUDA, otherwise on the CPU with as many threads as the
-process may use, as `scripts/bench_training.py` runs it.
+process may use (`scripts/benchmarking.py`, `torch_device`).
 
 Each of `--repeats` rounds times `--steps` steps of every row in turn (the rows interleaved, so that other
 load on the machine falls on all of them alike), after one untimed round; the table gives the median
@@ -30,11 +30,7 @@ on the gradients of the encoder's output, LibMTL's rep_grad).
 """
 
 import copy
-import datetime
-import os
-import platform
 import statistics
-import sys
 import time
 
 from absl import app
@@ -46,6 +42,8 @@ import numpy as np
 from configs import multitask as multitask_configs
 import losses
 import models
+from scripts import benchmarking
+from scripts.benchmarking import ratio_text
 from tasks import multitask as multitask_task
 import train
 
@@ -154,10 +152,7 @@ def _torch_rows(config, params, batch, task_losses, names: list[str], num_steps:
 
   from scripts import torch_unet
 
-  # As `scripts/bench_training.py` (not imported: its flags have the names of these).
-  device = torch.device("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
-  if device.type == "cpu":
-    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+  device = benchmarking.torch_device(torch)
   num_tasks = config.num_tasks
   twin = torch_unet.UNet(in_channels=1, features=tuple(config.model.features), out_channels=1, num_classes=10,
                          num_scalars=num_tasks - 2)
@@ -258,46 +253,14 @@ def _torch_rows(config, params, batch, task_losses, names: list[str], num_steps:
                  f"max |Δ| {output_error:.1e}, task losses {loss_error:.1e}, per-task Jacobian of the encoder "
                  f"{jacobian_error:.1e} relative), PyTorch {torch.__version__} on {device.type}"
                  + (f" with {torch.get_num_threads()} threads" if device.type == "cpu" else "")
-                 + f", TorchJD {_version('torchjd')}; Adam with the same schedule and clipping.")
+                 + f", TorchJD {benchmarking.version('torchjd')}; Adam with the same schedule and clipping.")
   return description, rows
-
-
-def _version(package: str) -> str:
-  from importlib import metadata  # pylint: disable=g-import-not-at-top
-  try:
-    return metadata.version(package)
-  except metadata.PackageNotFoundError:
-    return "?"
-
-
-def _load() -> str:
-  return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def _time_rows(rows: dict, num_steps: int, repeats: int) -> dict[str, list[float]]:
-  """Seconds per step of each row in each of `repeats` rounds, after an untimed one (compilation, warm-up)."""
-  for run in rows.values():
-    run()
-  seconds = {name: [] for name in rows}
-  for _ in range(repeats):
-    for name, run in rows.items():
-      start = time.perf_counter()
-      run()
-      seconds[name].append((time.perf_counter() - start) / num_steps)
-  return seconds
-
-
-def _ratio(times: list[float], baseline: list[float]) -> str:
-  per_round = [t / b for t, b in zip(times, baseline)]
-  text = f"{statistics.median(times) / statistics.median(baseline):.2f}"
-  return text + (f" ({min(per_round):.2f}–{max(per_round):.2f})" if len(per_round) > 1 else "")
 
 
 def main(argv):
   del argv
-  start, load_before = time.perf_counter(), _load()
-  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-  command = " ".join(["python -m scripts.bench_multitask", *sys.argv[1:]])
+  start = time.perf_counter()
+  environment = benchmarking.environment("scripts.bench_multitask", ("jax", "jaxlib", "optax", "torch", "torchjd"))
   variant, num_steps, repeats = _VARIANT.value, _STEPS.value, _REPEATS.value
   plain_config = method_config(variant, None)
   if _METHODS.value is None:
@@ -337,16 +300,13 @@ def main(argv):
   rows = {**{("jax", name): run for name, run in jax_rows.items()},
           **{("torch", name): run for name, run in torch_rows.items()},
           **{("strategy", name): run for name, run in strategy_rows.items()}}
-  seconds = _time_rows(rows, num_steps, repeats)
-  load_after = _load()
+  seconds = benchmarking.interleaved_rounds(rows, repeats, per_call=num_steps)
 
   config = plain_config
   num_params = sum(leaf.size for leaf in jax.tree.leaves(initial_params))
   num_shared = sum(leaf.size for name in config.shared_params for leaf in jax.tree.leaves(initial_params[name]))
-  print(f"`{command}`\n")
-  print(f"{now}; {platform.platform()}, {os.cpu_count()} CPUs, {jax.device_count()} × {jax.devices()[0].device_kind} "
-        f"({jax.default_backend()}), Python {platform.python_version()}, jax {jax.__version__}; load average "
-        f"(1, 5, 15 min) {load_before} before, {load_after} after; total {time.perf_counter() - start:.0f} s.\n")
+  print(f"{environment} After the run: load average {benchmarking.load_average()}; total "
+        f"{time.perf_counter() - start:.0f} s.\n")
   print(f"`configs/multitask.py:{variant}`: N = {config.num_tasks} tasks, batch {config.batch_size} of "
         f"{config.canvas_size}×{config.canvas_size} images, UNet {tuple(config.model.features)} with "
         f"{num_params:,} parameters, of which {num_shared:,} shared ({', '.join(config.shared_params)}); "
@@ -363,9 +323,9 @@ def main(argv):
     kind = ("" if name == PLAIN or name.endswith(REPRESENTATION)
             else " (gradient-level)" if name in losses.AGGREGATOR_NAMES else " (loss-level)")
     torch_times = seconds.get(("torch", name))
-    torch_cells = (f"{1e3 * statistics.median(torch_times):.1f} | {_ratio(times, torch_times)}" if torch_times
+    torch_cells = (f"{1e3 * statistics.median(torch_times):.1f} | {ratio_text(times, torch_times)}" if torch_times
                    else "— | —")
-    print(f"| {name}{kind} | {1e3 * statistics.median(times):.1f} | {_ratio(times, plain)} | {torch_cells} |")
+    print(f"| {name}{kind} | {1e3 * statistics.median(times):.1f} | {ratio_text(times, plain)} | {torch_cells} |")
 
   gradient_level = [m for m in jax_rows if m in losses.AGGREGATOR_NAMES]
   over = [m for m in gradient_level
@@ -376,7 +336,8 @@ def main(argv):
   representation = [m for m in jax_rows if m.endswith(REPRESENTATION)]
   if representation:
     print("With representation gradients: "
-          + ", ".join(f"{m.removesuffix(REPRESENTATION)} {_ratio(seconds[('jax', m)], plain)}×" for m in representation)
+          + ", ".join(f"{m.removesuffix(REPRESENTATION)} {ratio_text(seconds[('jax', m)], plain)}×"
+                      for m in representation)
           + " the plain step.")
   compared = [m for m in jax_rows if ("torch", m) in seconds]
   if compared:
@@ -391,7 +352,7 @@ def main(argv):
     summed = seconds[("strategy", "summed")]
     for name in strategy_rows:
       times = seconds[("strategy", name)]
-      print(f"| {name} | {1e3 * statistics.median(times):.1f} | {_ratio(times, summed)} |")
+      print(f"| {name} | {1e3 * statistics.median(times):.1f} | {ratio_text(times, summed)} |")
   if missing:
     print(f"\nNo such loss-level weighting in this checkout, skipped: {', '.join(missing)}.")
   for method, error in failed.items():

@@ -38,12 +38,10 @@ elementwise fusions) and for the 20 costliest operations, with the
 """
 
 import collections
-import datetime
 import glob
 import gzip
 import json
 import os
-import platform
 import re
 import statistics
 import time
@@ -60,6 +58,7 @@ from configs import multitask
 from configs import orientation
 from configs import propel
 import models
+from scripts import benchmarking
 from scripts import tables
 import train
 
@@ -121,10 +120,6 @@ def _propel_twin(config, torch_unet):
 TWINS = {"orientation": _orientation_twin, "propel": _propel_twin}
 
 
-def _torch_device(torch):
-  return torch.device("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
-
-
 def _jax_mse_step(model, optimizer, mesh):
   """Jitted `(params, opt_state, images, target) → (params, opt_state, loss)`, the batch sharded as by `train.py`."""
   def step(params, opt_state, images, target):
@@ -172,9 +167,7 @@ def _twin_rows(name: str, num_steps: int):
 
   config = CONFIGS[name].get_config()
   model, twin, inputs_and_target = TWINS[name](config, torch_unet)
-  device = _torch_device(torch)
-  if device.type == "cpu":
-    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+  device = benchmarking.torch_device(torch)
   training = train.build_training(config)
   batches = [training.next_batch(config.seed, step) for step in range(num_steps + 1)]
   host_batches = [inputs_and_target(jax.device_get(batch)) for batch in batches]
@@ -246,24 +239,15 @@ def _twin_rows(name: str, num_steps: int):
 
 def twin_comparison(name: str, num_steps: int, repeats: int) -> str:
   description, rows, baselines = _twin_rows(name, num_steps)
-  for run in rows.values():  # Compilation and warm-up.
-    run()
-  seconds = {row: [] for row in rows}
-  for _ in range(repeats):
-    for row, run in rows.items():
-      start = time.perf_counter()
-      run()
-      seconds[row].append((time.perf_counter() - start) / num_steps)
+  seconds = benchmarking.interleaved_rounds(rows, repeats, per_call=num_steps)
   titles = ["row", "ms/step, median", "fastest–slowest round", "JAX / PyTorch, medians",
             "JAX / PyTorch, fastest rounds", "JAX / PyTorch, each round"]
   lines = [description, "", "| " + " | ".join(titles) + " |", "|---" * len(titles) + "|"]
   for row, times in seconds.items():
     ratios = ["—"] * 3
     if row in baselines:
-      baseline = seconds[baselines[row]]
-      per_round = [t / b for t, b in zip(times, baseline)]
-      ratios = [f"{statistics.median(times) / statistics.median(baseline):.2f}", f"{min(times) / min(baseline):.2f}",
-                f"{min(per_round):.2f}–{max(per_round):.2f}"]
+      medians, fastest, (low, high) = benchmarking.ratios(times, seconds[baselines[row]])
+      ratios = [f"{medians:.2f}", f"{fastest:.2f}", f"{low:.2f}–{high:.2f}"]
     lines.append(f"| {row} | {1e3 * statistics.median(times):.1f} | {1e3 * min(times):.1f}–{1e3 * max(times):.1f} | "
                  + " | ".join(ratios) + " |")
   return "\n".join(lines)
@@ -335,10 +319,7 @@ def profile_step(config, num_steps: int, directory: str) -> str:
 
 def main(argv):
   del argv
-  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-  print(f"{now}; {jax.device_count()} × {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-        f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, jax {jax.__version__}"
-        + (f", XLA_FLAGS={os.environ['XLA_FLAGS']}" if os.environ.get("XLA_FLAGS") else "") + "\n")
+  print(benchmarking.environment("scripts.bench_training", ("jax", "jaxlib", "optax", "flax", "torch")) + "\n")
   if _PROFILE.value:
     for name in _EXPERIMENTS.value:
       print(profile_step(CONFIGS[name].get_config(), _STEPS.value, _PROFILE.value) + "\n", flush=True)
