@@ -1,1 +1,6 @@
-"""Procedural data streams: jittable functions of (key or seed, step), no files."""
+"""The experiments' data.
+
+Procedural generators, jittable functions of (key or seed, step) that read no files: orientation
+fringes (`fringes`), digits on a canvas (`digits`), ship scenes (`ships`). Readers of real data sets in
+Kaggle's layouts: Airbus Ship Detection (`airbus`) and the 2018 Data Science Bowl (`dsb2018`).
+"""

@@ -1,10 +1,11 @@
 """A small fully convolutional U-Net (Ronneberger et al., MICCAI 2015).
 
 Two layers are written out instead of taken from Flax, for the speed of the
-backward pass on XLA:CPU (docs/training_speed_notes.md); they compute the
-same functions as `nn.GroupNorm` followed by `nn.gelu`, and as a 2×2
-stride-2 `nn.ConvTranspose`, up to float32 rounding, with the same parameter
-names, shapes and initialisation.
+backward pass on XLA:CPU (BENCHMARKS.md, "Training step against PyTorch",
+describes the change and what it measured); they compute the same functions
+as `nn.GroupNorm` followed by `nn.gelu`, and as a 2×2 stride-2
+`nn.ConvTranspose`, up to float32 rounding, with the same parameter names,
+shapes and initialisation.
 """
 
 from collections.abc import Sequence
@@ -36,10 +37,9 @@ def _group_statistics(x: jax.Array, groups: int, epsilon: float) -> tuple[jax.Ar
   """The float32 mean and 1/√(var + ε) of each `(image, group)`, both `(B, groups)`.
 
   Summed over the pixels first and over the channels of a group second:
-  XLA:CPU reduces `(B, H, W, C)` → `(B, C)` 8× faster than the grouped
-  `(B, H, W, G, C/G)` → `(B, G)` reduction of `nn.GroupNorm` (0.4 ms
-  instead of 3.7 ms for both sums at (16, 64, 64, 16)). The variance is
-  E[x²] − E[x]², clipped at 0, as `nn.GroupNorm` computes it.
+  XLA:CPU reduces `(B, H, W, C)` → `(B, C)` faster than the grouped
+  `(B, H, W, G, C/G)` → `(B, G)` reduction of `nn.GroupNorm`. The variance
+  is E[x²] − E[x]², clipped at 0, as `nn.GroupNorm` computes it.
   """
   x = x.astype(jnp.float32)
   count = x.shape[1] * x.shape[2] * (x.shape[3] // groups)  # Pixels and channels in a group.
@@ -64,8 +64,7 @@ def group_norm_gelu(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int
   cast to `dtype`. The gradient is written out: it recomputes the
   normalised values from `x` in the passes that need them, where
   differentiating the composition stores and reads back several
-  intermediate maps (the U-Net's step is 15% faster on XLA:CPU). Reverse
-  mode only (`jax.custom_vjp`).
+  intermediate maps. Reverse mode only (`jax.custom_vjp`).
   """
   return _group_norm_gelu_forward(x, scale, bias, groups, epsilon, dtype)[0]
 
@@ -131,8 +130,7 @@ class ConvTranspose2x2(nn.Module):
   it is one matrix product per input pixel followed by depth-to-space, and
   so are its gradients. XLA:CPU computes the kernel gradient of the
   input-dilated convolution `nn.ConvTranspose` lowers to on a slow generic
-  path: 2 × 20 ms of the 200 ms the orientation U-Net's forward and
-  backward pass took.
+  path.
   """
 
   features: int
