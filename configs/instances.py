@@ -3,9 +3,12 @@
     python train.py --config=configs/instances.py --workdir=/tmp/instances
     python train.py --config=configs/instances.py --config.method=discriminative --workdir=/tmp/discriminative
     python train.py --config=configs/instances.py:airbus --config.data_dir=/data/airbus --workdir=/tmp/airbus
+    python train.py --config=configs/instances.py:dsb2018 --config.data_dir=../shared/data/dsb2018 --workdir=/tmp/dsb
 
 The default trains on the synthetic scenes of `data/ships.py`; the "airbus" variant reads Kaggle's
-Airbus Ship Detection layout (`train_v2/*.jpg` and `train_ship_segmentations_v2.csv`) in `data_dir`.
+Airbus Ship Detection layout (`train_v2/*.jpg` and `train_ship_segmentations_v2.csv`) in `data_dir`;
+the "dsb2018" variant reads the 2018 Data Science Bowl's nuclei (`stage1_train/<ImageId>/images/*.png`
+and `masks/*.png`) in `data_dir`, the fluorescence images by default, as StarDist evaluated them.
 """
 
 import ml_collections
@@ -14,11 +17,11 @@ from configs import common
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  """`variant`: "" for the synthetic scenes on the 2-core CPU, "airbus" for Kaggle's data in `data_dir`."""
+  """`variant`: "" for the synthetic scenes on the 2-core CPU, "airbus" or "dsb2018" for Kaggle's data in `data_dir`."""
   config = common.base_config()
   config.task = "instances"
   config.method = "semi_conv"  # The embedding loss: "semi_conv", "discriminative" or "spatial".
-  config.data_source = "synthetic"  # "synthetic" (data/ships.py) or "airbus" (Kaggle's layout in data_dir).
+  config.data_source = "synthetic"  # "synthetic" (data/ships.py), "airbus" or "dsb2018" (Kaggle's layouts in data_dir).
   config.image_size = 64
   # Keyword arguments of data.ships.sample_scene (besides the size).
   config.data = ml_collections.ConfigDict(dict(
@@ -42,6 +45,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       seed_threshold=0.5,  # The smallest seed score that starts an instance.
       weight=1.0))
   config.extraction = ml_collections.ConfigDict(dict(max_instances=12))  # Instances extracted per image.
+  # The watershed baseline's markers: h-maxima of the distance to the background, h in pixels.
+  config.watershed = ml_collections.ConfigDict(dict(h=1.0))
 
   config.model = ml_collections.ConfigDict()
   config.model.features = (16, 32, 64)
@@ -64,6 +69,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.airbus.validation_fraction = 0.1  # Held out by image id, with split_seed.
   config.airbus.split_seed = 0
   config.airbus.num_threads = 8  # Grain's JPEG-decoding threads.
+  config.dsb2018 = ml_collections.ConfigDict()
+  config.dsb2018.crop_size = config.get_ref("image_size")  # Random training crops; whole images are evaluated.
+  config.dsb2018.modalities = ("fluorescence",)  # Any of "fluorescence", "brightfield", "colour".
+  config.dsb2018.test_fraction = 0.1  # Held out by image id, with split_seed: data/dsb2018_test_ids.txt.
+  config.dsb2018.split_seed = 0
+  config.dsb2018.channels = 1  # 1: grey (the mean of the colour channels); 3: RGB.
+  config.dsb2018.num_threads = 8  # PNG-decoding threads of the one pass over the data set, and Grain's.
   if variant == "airbus":
     config.data_source = "airbus"
     config.data = ml_collections.ConfigDict()
@@ -76,6 +88,22 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.eval.batch_size = 16
     config.eval_every_steps = config.checkpoint_every_steps = 1000
     config.num_train_steps = 20000
+  elif variant == "dsb2018":
+    config.data_source = "dsb2018"
+    config.data = ml_collections.ConfigDict()
+    config.image_size = 128  # The training crops; the test images are whole, 256×256 to 1040×1388.
+    # Renumbered 1…n per crop: a 128×128 crop of the fluorescence images meets at most 102 nuclei.
+    config.max_instances = 128
+    config.semi_conv.update(dict(output_scale=20.0, distance=4.0))
+    config.spatial.update(dict(output_scale=20.0, initial_sigma=5.0))
+    config.extraction.max_instances = 400  # Whole test images hold up to 375 nuclei.
+    config.eval.num_examples = 54  # The whole held-out tenth of the 541 fluorescence images.
+    config.eval.batch_size = 1  # Whole images, each at its own size.
+    config.eval.max_instances = 512
+    config.model.features = (16, 32, 64)
+    config.batch_size = 8
+    config.num_train_steps = 1000
+    config.eval_every_steps = config.checkpoint_every_steps = 500
   elif variant:
-    raise ValueError(f"Unknown instances config variant {variant!r}; use '' or 'airbus'.")
+    raise ValueError(f"Unknown instances config variant {variant!r}; use '', 'airbus' or 'dsb2018'.")
   return config

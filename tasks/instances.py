@@ -17,8 +17,11 @@ instance embedding, trained with the foreground binary cross-entropy plus
   `losses.extract_spatial_instances` grows instances from the seeds with the
   learned σ, with no radius to tune.
 
-The baseline labels the connected components of the same predicted
-foreground. Every method is scored with `losses.f2_iou_score`.
+Two baselines segment the same predicted foreground (probability > 0.5):
+its connected components, and the classical nuclei watershed (`watershed_instances`:
+the watershed of the negated Euclidean distance transform from markers at its
+h-maxima, `config.watershed.h` pixels). Every method is scored with
+`losses.f2_iou_score`.
 
 The data (`config.data_source`) are either the synthetic scenes of
 `data.ships` (jitted functions of the step), evaluated on a fixed held-out
@@ -26,7 +29,10 @@ draw overall and on its splits (touching ships that can or cannot be told
 apart in the image, and the other scenes); or Kaggle's Airbus layout in
 `config.data_dir` (options in `config.airbus`), read with Grain (`data.airbus`) and evaluated on the
 validation images at the original 768×768, with the predicted labels
-upsampled, as Kaggle scores them.
+upsampled, as Kaggle scores them; or the 2018 Data Science Bowl's nuclei in
+`config.data_dir` (options in `config.dsb2018`, `data.dsb2018`), trained on
+random crops and evaluated on whole held-out images, each padded to a square
+the U-Net takes and scored at its own size.
 """
 
 from collections.abc import Callable
@@ -43,6 +49,8 @@ import numpy as np
 import optax
 
 from data import airbus
+from data import dsb2018
+from data import kaggle
 from data import ships
 import losses
 from models import UNet
@@ -101,34 +109,74 @@ class _Model:
   segment: Callable[[dict, jax.Array], tuple[jax.Array, jax.Array]]  # `(instances, connected components)`.
 
 
+DATA_SOURCES = ("synthetic", "airbus", "dsb2018")
+
+
+def size_multiple(config: ml_collections.ConfigDict) -> int:
+  """The U-Net's input sides must be multiples of this: 2^(levels − 1)."""
+  return 2 ** (len(config.model.features) - 1)
+
+
+def _input_channels(config: ml_collections.ConfigDict) -> int:
+  return {"synthetic": 1, "airbus": 3, "dsb2018": config.dsb2018.channels}[config.data_source]
+
+
 def _model(config: ml_collections.ConfigDict) -> _Model:
-  if config.data_source not in ("synthetic", "airbus"):
-    raise ConfigError(f"config.data_source must be 'synthetic' or 'airbus', got {config.data_source!r}.")
+  if config.data_source not in DATA_SOURCES:
+    raise ConfigError(f"config.data_source must be one of {DATA_SOURCES}, got {config.data_source!r}.")
   synthetic = config.data_source == "synthetic"
-  method = _method(config, config.image_size if synthetic else config.airbus.crop_size or config.image_size)
+  training_size = config.image_size if synthetic else config[config.data_source].crop_size or config.image_size
+  method = _method(config, training_size)
   unet = UNet(features=tuple(config.model.features), out_channels=1 + method.num_channels,
               dtype=base.compute_dtype(config))
 
   def predict(params, images):
     # In float32 from here: the coordinates Ψ adds need more than bfloat16's 8 bits at 64 pixels.
     outputs = unet.apply({"params": params}, images - 0.3).astype(jnp.float32)
-    return outputs[..., 0], method.embed(outputs[..., 1:])
+    # The coordinate scale follows the (square) input, so that Ψ is in pixels on crops and whole images alike.
+    embed = method.embed if images.shape[1] == training_size else _method(config, images.shape[1]).embed
+    return outputs[..., 0], embed(outputs[..., 1:])
 
   @jax.jit
   def segment(params, images):
     logits, embedding = predict(params, images)
     probability = jax.nn.sigmoid(logits)
-    return method.extract(probability, embedding), losses.connected_components(probability > 0.5)
+    return method.extract(probability, embedding), losses.connected_components(probability > 0.5), probability
 
-  image_shape = (config.image_size, config.image_size, 1 if synthetic else 3)
+  image_shape = (config.image_size, config.image_size, _input_channels(config))
   return _Model(method=method, init=base.init_on_images(unet, image_shape), predict=predict, segment=segment)
+
+
+def watershed_instances(probability: np.ndarray, *, h: float, threshold: float = 0.5) -> np.ndarray:
+  """The classical nuclei baseline: `(B, H, W)` int32 labels of a `(B, H, W)` foreground probability.
+
+  The foreground (probability > `threshold`) is flooded by `skimage.segmentation.watershed` over the
+  negated Euclidean distance to the background (`scipy.ndimage.distance_transform_edt`), from one
+  marker per connected h-maxima region of that distance (`skimage.morphology.h_maxima`: maxima at
+  least `h` pixels above every path to a higher one). A flat ridge (an elongated object) is one marker,
+  and two touching round objects get one each once the neck between them is `h` pixels narrower than
+  their radii. Runs on the host, image by image.
+  """
+  # Imported when evaluated: scikit-image takes a second to import.
+  from scipy import ndimage
+  from skimage import morphology
+  from skimage import segmentation
+  probability = np.asarray(probability)
+  labels = np.zeros(probability.shape, np.int32)
+  for image, foreground in zip(labels, probability > threshold):
+    if foreground.any():
+      distance = ndimage.distance_transform_edt(foreground)
+      markers, _ = ndimage.label(morphology.h_maxima(distance, h))
+      image[...] = segmentation.watershed(-distance, markers, mask=foreground)
+  return labels
 
 
 def segmenter(config: ml_collections.ConfigDict) -> Callable[[dict, np.ndarray], np.ndarray]:
   """`(params, images) -> instance labels` of a run's model, for images as its data source gives them.
 
-  `images` are `(B, config.image_size, config.image_size, channels)` floats in [0, 1]; the labels are
-  `(B, config.image_size, config.image_size)` int32, 0 for the sea. Nothing of the data is read.
+  `images` are `(B, H, W, channels)` floats in [0, 1], square with sides a multiple of `size_multiple`
+  (`config.image_size` for the synthetic scenes and Airbus, a padded whole image for DSB2018); the labels
+  are `(B, H, W)` int32, 0 for the background. Nothing of the data is read.
   """
   segment = _model(config).segment
   return lambda params, images: np.asarray(segment(params, images)[0])
@@ -151,16 +199,22 @@ def build(config: ml_collections.ConfigDict) -> Task:
 
   # Under jit the objects beyond `max_instances` (specks of a noisy foreground) merge instead of raising.
   score = jax.jit(functools.partial(losses.f2_iou_score, reduction="none", max_instances=config.eval.max_instances))
-  names = (config.method, "connected_components")
-  data = (_synthetic if config.data_source == "synthetic" else _airbus)(config)
+  names = (config.method, "connected_components", "watershed")
+  data = {"synthetic": _synthetic, "airbus": _airbus, "dsb2018": _dsb2018}[config.data_source](config)
+
+  def held_out(params):
+    """`(images, true labels, [each name's predicted labels])` per evaluation batch, labels at the scoring size."""
+    for images, true_labels in data.evaluation_batches():
+      instances, components, probability = segment(params, images)
+      predictions = (instances, components, watershed_instances(probability, h=config.watershed.h))
+      yield images, true_labels, [data.at_scoring_size(np.asarray(p), true_labels.shape[1:]) for p in predictions]
 
   def evaluate(params, task_state):
     del task_state
     scores = {name: [] for name in names}
-    for images, true_labels in data.evaluation_batches():
-      predictions = segment(params, images)
+    for _, true_labels, predictions in held_out(params):
       for name, labels in zip(names, predictions):
-        scores[name].append(np.asarray(score(data.at_scoring_size(labels), true_labels)))
+        scores[name].append(np.asarray(score(labels, true_labels)))
     metrics = {}
     for name in names:
       per_image = np.concatenate(scores[name])
@@ -171,11 +225,13 @@ def build(config: ml_collections.ConfigDict) -> Task:
 
   def write_figures(params, task_state, workdir):
     del task_state
-    images, true_labels = next(iter(data.evaluation_batches()))
-    images, true_labels = images[:6], np.asarray(data.at_scoring_size(np.asarray(true_labels[:6])))
-    instances, components = (np.asarray(data.at_scoring_size(p)) for p in segment(params, images))
-    draw = functools.partial(_plot_instances, data.display(images), true_labels, instances, components,
-                             data.describe(6), config.method)
+    rows = []  # (image, true labels, predictions) of the first 6 held-out images, at their scoring size.
+    for images, true_labels, predictions in held_out(params):
+      displayed = data.display(images, true_labels.shape[1:])
+      rows += [(displayed[i], true_labels[i], [p[i] for p in predictions]) for i in range(len(images))]
+      if len(rows) >= 6:
+        break
+    draw = functools.partial(_plot_instances, rows[:6], data.describe(len(rows[:6])), names)
     return base.write_figure(workdir, "instances.png", draw)
 
   return Task(init=init, train_batch=data.train_batch, train_loader=data.train_loader, loss=loss,
@@ -190,9 +246,10 @@ class _Data:
     train_batch: procedural `(seed, step) -> batch`, or None.
     train_loader: Grain `(seed, process_index, process_count) -> iterator`, or None.
     evaluation_batches: `() -> iterable of (images, true labels at the scoring size)`, in a fixed order.
-    at_scoring_size: predicted `(B, h, w)` labels -> labels at the size the true labels are scored at.
+    at_scoring_size: `(predicted (B, h, w) labels, (H, W)) -> (B, H, W)` labels at the true labels' size.
     splits: `{split name: boolean (num held-out images,)}` of the subsets reported besides "all".
-    display: images -> `(B, H, W)` or `(B, H, W, 3)` arrays for the figure.
+    display: `(images, (H, W) of their true labels) -> (B, h, w)` or `(B, h, w, 3)` arrays for the figure,
+      the part of the images the true labels cover.
     describe: `n -> titles` of the first n held-out images.
   """
 
@@ -221,10 +278,10 @@ def _synthetic(config: ml_collections.ConfigDict) -> _Data:
 
   return _Data(
       train_batch=base.sampled_batches(sample, config.batch_size), train_loader=None,
-      evaluation_batches=evaluation_batches, at_scoring_size=lambda labels: labels,
+      evaluation_batches=evaluation_batches, at_scoring_size=lambda labels, shape: labels,
       splits={"distinguishable": touching & distinguishable, "indistinguishable": touching & ~distinguishable,
               "separate": ~touching},
-      display=lambda images: np.asarray(images[..., 0]), describe=describe)
+      display=lambda images, shape: np.asarray(images[..., 0]), describe=describe)
 
 
 def _airbus(config: ml_collections.ConfigDict) -> _Data:
@@ -236,7 +293,7 @@ def _airbus(config: ml_collections.ConfigDict) -> _Data:
     image_dir = os.path.join(config.data_dir, airbus.TRAIN_IMAGES)
     airbus.check_images([os.path.join(image_dir, image_id) for image_id in segmentations],
                         num_threads=config.airbus.num_threads)
-    train_ids, validation_ids = airbus.split_image_ids(
+    train_ids, validation_ids = kaggle.split_image_ids(
         list(segmentations), validation_fraction=config.airbus.validation_fraction, seed=config.airbus.split_seed)
   except (FileNotFoundError, ValueError) as error:
     raise ConfigError(str(error)) from None
@@ -248,7 +305,7 @@ def _airbus(config: ml_collections.ConfigDict) -> _Data:
   source = airbus.AirbusShips(image_dir, segmentations, train_ids, size=config.image_size)
 
   def train_loader(seed, process_index, process_count):
-    batches = airbus.training_batches(source, seed=seed, batch_size=config.batch_size // process_count,
+    batches = kaggle.training_batches(source, seed=seed, batch_size=config.batch_size // process_count,
                                       process_index=process_index, process_count=process_count,
                                       crop_size=config.airbus.crop_size)
     options = grain.ReadOptions(num_threads=config.airbus.num_threads, prefetch_buffer_size=2)
@@ -264,16 +321,64 @@ def _airbus(config: ml_collections.ConfigDict) -> _Data:
       images = np.stack([airbus.load_image(os.path.join(image_dir, image_id), config.image_size) for image_id in ids])
       yield images, validation_labels()[i:i + len(ids)]
 
-  def at_scoring_size(labels):
-    return np.stack([airbus.resize_labels(image, airbus.IMAGE_SHAPE) for image in np.asarray(labels)])
+  def at_scoring_size(labels, shape):
+    return np.stack([airbus.resize_labels(image, shape) for image in np.asarray(labels)])
 
   return _Data(train_batch=None, train_loader=train_loader, evaluation_batches=evaluation_batches,
-               at_scoring_size=at_scoring_size, splits={}, display=np.asarray,
+               at_scoring_size=at_scoring_size, splits={}, display=lambda images, shape: np.asarray(images),
                describe=lambda n: validation_ids[:n])
 
 
-def _plot_instances(images, true_labels, instances, components, titles, method, path: str) -> None:
-  """One row per image: the image, true instances, the method's instances, connected components."""
+def _dsb2018(config: ml_collections.ConfigDict) -> _Data:
+  """The DSB2018 layout in `config.data_dir`, decoded and checked in full before anything is compiled."""
+  options = config.dsb2018
+  if not config.data_dir:
+    raise ConfigError("config.data_source='dsb2018' needs --config.data_dir=DIR, the directory holding "
+                      f"{dsb2018.TRAIN_DIR}/.")
+  multiple = size_multiple(config)
+  if options.crop_size < 1 or options.crop_size % multiple:
+    raise ConfigError(f"config.dsb2018.crop_size must be a positive multiple of {multiple} (the U-Net's "
+                      f"{len(config.model.features)} levels), got {options.crop_size}.")
+  if options.channels not in (1, 3):
+    raise ConfigError(f"config.dsb2018.channels must be 1 (grey) or 3 (RGB), got {options.channels}.")
+  try:
+    modality_of, decoded = dsb2018.read_data_set(
+        config.data_dir, dsb2018.list_images(config.data_dir), channels=options.channels,
+        modalities=tuple(options.modalities), num_threads=options.num_threads)
+    train_ids, test_ids = dsb2018.split_ids(modality_of, modalities=tuple(options.modalities),
+                                            test_fraction=options.test_fraction, seed=options.split_seed)
+  except (FileNotFoundError, ValueError) as error:
+    raise ConfigError(str(error)) from None
+  most_nuclei = max(int(decoded[i].labels.max()) for i in test_ids)
+  if most_nuclei > config.eval.max_instances:
+    raise ConfigError(f"A test image in {config.data_dir} has {most_nuclei} nuclei, more than "
+                      f"config.eval.max_instances={config.eval.max_instances}.")
+  test_ids = test_ids[:config.eval.num_examples]
+  source = dsb2018.Nuclei(decoded, train_ids)
+
+  def train_loader(seed, process_index, process_count):
+    batches = kaggle.training_batches(source, seed=seed, batch_size=config.batch_size // process_count,
+                                      process_index=process_index, process_count=process_count,
+                                      crop_size=options.crop_size)
+    read_options = grain.ReadOptions(num_threads=options.num_threads, prefetch_buffer_size=2)
+    return iter(batches.to_iter_dataset(read_options))
+
+  def evaluation_batches():  # One whole image at a time, padded to a square the U-Net takes.
+    for image_id in test_ids:
+      nucleus = decoded[image_id]
+      yield dsb2018.pad_to_square(dsb2018.normalise(nucleus), multiple)[None], nucleus.labels[None].astype(np.int32)
+
+  def display(images, shape):  # The image without its padding; a grey image as (B, H, W).
+    images = np.asarray(images)[:, :shape[0], :shape[1]]
+    return images[..., 0] if images.shape[-1] == 1 else images
+
+  return _Data(train_batch=None, train_loader=train_loader, evaluation_batches=evaluation_batches,
+               at_scoring_size=lambda labels, shape: labels[:, :shape[0], :shape[1]], splits={}, display=display,
+               describe=lambda n: [f"{i[:12]}… ({decoded[i].modality})" for i in test_ids[:n]])
+
+
+def _plot_instances(rows, titles, names, path: str) -> None:
+  """One row per image: the image, its true instances, and each method's instances (`names`)."""
   plt = base.pyplot()
 
   def show(axis, image):
@@ -292,16 +397,15 @@ def _plot_instances(images, true_labels, instances, components, titles, method, 
     axis.set_title(f"{title} ({len(np.unique(labels[labels > 0]))})")
     axis.axis("off")
 
-  rows = len(instances)
-  figure, axes = plt.subplots(rows, 4, figsize=(12, 3 * rows), squeeze=False)
-  for row in range(rows):
-    image = images[row]
+  columns = 2 + len(names)
+  figure, axes = plt.subplots(len(rows), columns, figsize=(3 * columns, 3 * len(rows)), squeeze=False)
+  for row, (image, true_labels, predictions) in enumerate(rows):
     show(axes[row, 0], image)
     axes[row, 0].set_title(titles[row])
     axes[row, 0].axis("off")
-    overlay(axes[row, 1], image, true_labels[row], "true ships")
-    overlay(axes[row, 2], image, instances[row], method)
-    overlay(axes[row, 3], image, components[row], "connected components")
+    overlay(axes[row, 1], image, true_labels, "true instances")
+    for column, (name, labels) in enumerate(zip(names, predictions), start=2):
+      overlay(axes[row, column], image, labels, name.replace("_", " "))
   figure.tight_layout()
   figure.savefig(path, dpi=80)
   plt.close(figure)

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from data import airbus
+from data import kaggle
 
 
 def write_layout(directory, *, num_images: int = 12, seed: int = 0) -> dict[str, np.ndarray]:
@@ -34,7 +35,7 @@ def write_layout(directory, *, num_images: int = 12, seed: int = 0) -> dict[str,
       left = rng.integers(0, width - ship_width)
       labels[top:top + ship_height, left:left + ship_width] = ship
       sea[labels == ship] = rng.uniform(150, 230, 3)
-      rows.append((image_id, airbus.rle_encode(labels == ship)))
+      rows.append((image_id, kaggle.rle_encode(labels == ship)))
     if not num_ships:
       rows.append((image_id, ""))
     Image.fromarray(np.clip(sea, 0, 255).astype(np.uint8)).save(
@@ -43,6 +44,6 @@ def write_layout(directory, *, num_images: int = 12, seed: int = 0) -> dict[str,
   order = rng.permutation(len(rows))  # Kaggle's rows are not grouped by image.
   with open(os.path.join(directory, airbus.SEGMENTATIONS_CSV), "w", newline="", encoding="utf-8") as file:
     writer = csv.writer(file)
-    writer.writerow(airbus.CSV_COLUMNS)
+    writer.writerow(kaggle.CSV_COLUMNS)
     writer.writerows(rows[i] for i in order)
   return labels_of

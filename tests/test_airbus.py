@@ -11,8 +11,9 @@ import pytest
 
 import airbus_layout
 from data import airbus
+from data import kaggle
 import losses
-from scripts import airbus_submission
+from scripts import kaggle_submission
 from tasks.base import ConfigError
 import tiny_configs
 import train
@@ -32,10 +33,10 @@ def test_pixels_are_numbered_from_one_down_the_columns():
   mask = np.zeros((3, 5), bool)
   mask[2, 0] = mask[0, 1] = mask[1, 1] = True  # Column-major pixels 3, 4 and 5: one run.
   mask[1, 4] = True  # Pixel 4·3 + 2 = 14.
-  assert airbus.rle_encode(mask) == "3 3 14 1"
-  np.testing.assert_array_equal(airbus.rle_decode("3 3 14 1", (3, 5)), mask)
+  assert kaggle.rle_encode(mask) == "3 3 14 1"
+  np.testing.assert_array_equal(kaggle.rle_decode("3 3 14 1", (3, 5)), mask)
   # A row-major reading of the same runs would be a different mask on a non-square image.
-  assert not np.array_equal(airbus.rle_decode("3 3 14 1", (3, 5)),
+  assert not np.array_equal(kaggle.rle_decode("3 3 14 1", (3, 5)),
                             np.isin(np.arange(1, 16), [3, 4, 5, 14]).reshape(3, 5))
 
 
@@ -44,8 +45,8 @@ def test_encoding_round_trips(shape):
   rng = np.random.default_rng(sum(shape))
   for density in (0.0, 0.05, 0.5, 1.0):
     mask = rng.random(shape) < density
-    encoded = airbus.rle_encode(mask)
-    np.testing.assert_array_equal(airbus.rle_decode(encoded, shape), mask)
+    encoded = kaggle.rle_encode(mask)
+    np.testing.assert_array_equal(kaggle.rle_decode(encoded, shape), mask)
     assert (encoded == "") == (not mask.any())
 
 
@@ -61,13 +62,13 @@ def test_encoding_round_trips(shape):
 ])
 def test_malformed_encodings_say_what_is_wrong(encoded, message):
   with pytest.raises(ValueError, match=message):
-    airbus.rle_decode(encoded, (3, 5))
+    kaggle.rle_decode(encoded, (3, 5))
 
 
 def write_csv(path, rows):
   with open(path, "w", newline="", encoding="utf-8") as file:
     writer = csv.writer(file)
-    writer.writerow(airbus.CSV_COLUMNS)
+    writer.writerow(kaggle.CSV_COLUMNS)
     writer.writerows(rows)
 
 
@@ -76,16 +77,16 @@ def test_the_csv_gives_label_maps_with_empty_images_and_several_ships(tmp_path):
   first, second = np.zeros(shape, bool), np.zeros(shape, bool)
   first[1:3, 1:4] = True
   second[4:6, 2:8] = True
-  write_csv(tmp_path / "segmentations.csv", [("a.jpg", airbus.rle_encode(first)), ("empty.jpg", ""),
-                                             ("a.jpg", airbus.rle_encode(second))])
-  ships = airbus.read_segmentations(str(tmp_path / "segmentations.csv"))
+  write_csv(tmp_path / "segmentations.csv", [("a.jpg", kaggle.rle_encode(first)), ("empty.jpg", ""),
+                                             ("a.jpg", kaggle.rle_encode(second))])
+  ships = kaggle.read_segmentations(str(tmp_path / "segmentations.csv"))
   assert list(ships) == ["a.jpg", "empty.jpg"] and ships["empty.jpg"] == []
   labels = airbus.instance_labels(ships["a.jpg"], shape, "a.jpg")
   np.testing.assert_array_equal(labels, first * 1 + second * 2)
   assert not airbus.instance_labels(ships["empty.jpg"], shape).any()
-  rows = airbus.submission_rows("a.jpg", labels)
-  assert rows == [("a.jpg", airbus.rle_encode(first)), ("a.jpg", airbus.rle_encode(second))]
-  assert airbus.submission_rows("empty.jpg", np.zeros(shape, np.int32)) == [("empty.jpg", "")]
+  rows = kaggle.submission_rows("a.jpg", labels)
+  assert rows == [("a.jpg", kaggle.rle_encode(first)), ("a.jpg", kaggle.rle_encode(second))]
+  assert kaggle.submission_rows("empty.jpg", np.zeros(shape, np.int32)) == [("empty.jpg", "")]
 
 
 def test_overlapping_ships_and_bad_files_are_errors_that_name_them(tmp_path):
@@ -94,10 +95,10 @@ def test_overlapping_ships_and_bad_files_are_errors_that_name_them(tmp_path):
   with pytest.raises(ValueError, match=r"Image 'b\.jpg', ship 1: .*odd number"):
     airbus.instance_labels(["1 5 7"], (3, 5), "b.jpg")
   with pytest.raises(FileNotFoundError, match="No segmentation CSV"):
-    airbus.read_segmentations(str(tmp_path / "missing.csv"))
+    kaggle.read_segmentations(str(tmp_path / "missing.csv"))
   (tmp_path / "bad.csv").write_text("Image,Pixels\na.jpg,1 2\n", encoding="utf-8")
   with pytest.raises(ValueError, match="must have the columns ImageId,EncodedPixels"):
-    airbus.read_segmentations(str(tmp_path / "bad.csv"))
+    kaggle.read_segmentations(str(tmp_path / "bad.csv"))
 
 
 def kaggle_f2(true_masks, pred_masks):
@@ -127,12 +128,12 @@ def test_f2_of_decoded_masks_matches_kaggles_rule():
     # A prediction: some ships kept (possibly shifted by a pixel), some dropped, some invented.
     prediction = np.where(rng.random() < 0.5, np.roll(truth, 1, axis=1), truth) * (rng.random() < 0.8)
     prediction = np.where((prediction == 0) & (random_label_map(rng, shape, 2) > 0), 9, prediction)
-    true_rles = [airbus.rle_encode(truth == i) for i in np.unique(truth[truth > 0])]
-    pred_rles = [airbus.rle_encode(prediction == i) for i in np.unique(prediction[prediction > 0])]
+    true_rles = [kaggle.rle_encode(truth == i) for i in np.unique(truth[truth > 0])]
+    pred_rles = [kaggle.rle_encode(prediction == i) for i in np.unique(prediction[prediction > 0])]
     true_maps.append(airbus.instance_labels(true_rles, shape))
     pred_maps.append(airbus.instance_labels(pred_rles, shape))
-    expected.append(kaggle_f2([airbus.rle_decode(r, shape) for r in true_rles],
-                              [airbus.rle_decode(r, shape) for r in pred_rles]))
+    expected.append(kaggle_f2([kaggle.rle_decode(r, shape) for r in true_rles],
+                              [kaggle.rle_decode(r, shape) for r in pred_rles]))
   scores = losses.f2_iou_score(np.stack(pred_maps), np.stack(true_maps), reduction="none")
   np.testing.assert_allclose(scores, expected, rtol=1e-6)
   assert 0 < np.mean(expected) < 1
@@ -173,7 +174,7 @@ def test_the_stream_is_a_function_of_seed_and_step_sharded_by_process_and_resume
   directory, _ = layout
   segmentations = airbus.read_layout(str(directory))
   source = airbus.AirbusShips(str(directory / airbus.TRAIN_IMAGES), segmentations, sorted(segmentations), size=16)
-  batches = airbus.training_batches(source, seed=1, batch_size=2, crop_size=8)
+  batches = kaggle.training_batches(source, seed=1, batch_size=2, crop_size=8)
   iterator = iter(batches.to_iter_dataset())
   for step in range(3):
     batch = next(iterator)
@@ -182,11 +183,11 @@ def test_the_stream_is_a_function_of_seed_and_step_sharded_by_process_and_resume
   resumed = iter(batches.to_iter_dataset())
   resumed.set_state(iterator.get_state())
   jax.tree.map(np.testing.assert_array_equal, next(resumed), next(iterator))
-  assert not np.array_equal(airbus.training_batches(source, seed=2, batch_size=2)[0]["image"],
-                            airbus.training_batches(source, seed=1, batch_size=2)[0]["image"])
+  assert not np.array_equal(kaggle.training_batches(source, seed=2, batch_size=2)[0]["image"],
+                            kaggle.training_batches(source, seed=1, batch_size=2)[0]["image"])
   # Two processes read disjoint halves of the elements, each in its own order, every epoch all of its half.
   numbers = [{"x": np.array(i)} for i in range(12)]
-  halves = [{int(x) for step in range(6) for x in airbus.training_batches(
+  halves = [{int(x) for step in range(6) for x in kaggle.training_batches(
       numbers, seed=1, batch_size=1, process_index=p, process_count=2)[step]["x"]} for p in range(2)]
   assert halves == [set(range(0, 12, 2)), set(range(1, 12, 2))]
 
@@ -248,16 +249,16 @@ def test_the_layout_trains_evaluates_at_768_and_submits(layout, tmp_path, monkey
 
   output = tmp_path / "submission.csv"
   image_dir = directory / airbus.TRAIN_IMAGES
-  num_rows = airbus_submission.write_submission(str(workdir), str(image_dir), str(output), batch_size=5,
+  num_rows = kaggle_submission.write_submission(str(workdir), str(image_dir), str(output), batch_size=5,
                                                 progress=False)
   with open(output, newline="", encoding="utf-8") as file:
     rows = list(csv.reader(file))
-  assert tuple(rows[0]) == airbus.CSV_COLUMNS and len(rows) == num_rows + 1
+  assert tuple(rows[0]) == kaggle.CSV_COLUMNS and len(rows) == num_rows + 1
   rows_of = {}
   for image_id, encoded in rows[1:]:
     rows_of.setdefault(image_id, []).append(encoded)
   assert sorted(rows_of) == sorted(expected)
   for image_id, encodings in rows_of.items():
     assert encodings == [""] or all(encodings), image_id  # One empty row, or one row per ship.
-    coverage = sum(airbus.rle_decode(e, airbus.IMAGE_SHAPE).astype(int) for e in encodings if e)
+    coverage = sum(kaggle.rle_decode(e, airbus.IMAGE_SHAPE).astype(int) for e in encodings if e)
     assert np.max(coverage, initial=0) <= 1, image_id  # The masks of an image never overlap.

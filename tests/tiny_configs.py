@@ -71,9 +71,22 @@ def _airbus() -> ml_collections.ConfigDict:
   return config
 
 
+def _dsb2018() -> ml_collections.ConfigDict:
+  """Needs `data_dir`: a directory that `tests/test_dsb2018.py` wrote. Two levels: inputs padded to even sides."""
+  config = instances.get_config("dsb2018")
+  config.image_size = 16
+  config.model.features = (4, 8)
+  config.dsb2018.update(dict(test_fraction=0.5, num_threads=2))
+  config.update(dict(max_instances=8))
+  config.extraction.max_instances = 8
+  config.eval.update(dict(num_examples=4, max_instances=16))
+  return config
+
+
 EXPERIMENTS = {"orientation": _orientation, "propel": _propel, "multitask": _multitask, "three_tasks": _three_tasks,
                "instances": _instances}
-DATA_SETS = {"airbus": _airbus}  # Configs of experiments that read files: not in the loops over EXPERIMENTS.
+# Configs of experiments that read files: not in the loops over EXPERIMENTS.
+DATA_SETS = {"airbus": _airbus, "dsb2018": _dsb2018}
 
 
 def get_config(experiment: str = "orientation") -> ml_collections.ConfigDict:
