@@ -20,7 +20,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """`variant`: "" for the synthetic scenes on the 2-core CPU, "airbus" or "dsb2018" for Kaggle's data in `data_dir`."""
   config = common.base_config()
   config.task = "instances"
-  config.method = "semi_conv"  # The embedding loss: "semi_conv", "discriminative" or "spatial".
+  # The embedding loss: "semi_conv", "semi_conv_eq5" (its ablation: eq. 5 alone), "discriminative" or "spatial".
+  config.method = "semi_conv"
   config.data_source = "synthetic"  # "synthetic" (data/ships.py), "airbus" or "dsb2018" (Kaggle's layouts in data_dir).
   config.image_size = 64
   # Keyword arguments of data.ships.sample_scene (besides the size).
@@ -34,8 +35,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.semi_conv = ml_collections.ConfigDict(dict(
       embedding_dims=2,  # C: the semi-convolutional operator adds the coordinates to the first two.
       output_scale=10.0,  # Φ = this × the network output, so Φ is in pixels at init.
-      weight=0.1,  # The loss is in pixels per instance.
-      distance=2.0))
+      weight=0.1,  # Eq. 5 is in pixels per instance.
+      # losses.semi_conv_kernel_loss ("semi_conv"): the kernel's σ in pixels is trained from this (as log σ).
+      initial_sigma=2.0, kernel="laplacian", num_seeds=8,
+      pull_weight=1.0,  # Of eq. 5.
+      kernel_weight=10.0,  # Of the kernel cross-entropy, a mean over all pixels (mostly far background, ~0).
+      distance=2.0))  # The radius of the "semi_conv_eq5" ablation's extraction.
   config.discriminative = ml_collections.ConfigDict(dict(
       embedding_dims=4, delta_v=0.5, delta_d=1.5, weight=1.0,
       distance=1.5))  # Between δ_v (an instance's spread) and 2δ_d − δ_v (the nearest other pixel).
@@ -43,6 +48,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       output_scale=10.0,  # Centre offsets = this × the network output, in pixels.
       initial_sigma=3.0,  # σ = this × exp(tanh(network output)), in pixels.
       seed_threshold=0.5,  # The smallest seed score that starts an instance.
+      sampled_instances=None,  # Instances per image in the Lovász hinge (None: all; an int: flat in max_instances).
       weight=1.0))
   config.extraction = ml_collections.ConfigDict(dict(max_instances=12))  # Instances extracted per image.
   # The watershed baseline's markers: h-maxima of the distance to the background, h in pixels.

@@ -2,12 +2,18 @@
 
 A U-Net maps an image to one foreground logit and the channels of an
 instance embedding, trained with the foreground binary cross-entropy plus
-`config.<method>.weight` times the loss that `config.method` names:
+`config.<method>.weight` times the loss that `config.method` names (the
+ablation "semi_conv_eq5" reads `config.semi_conv`):
 
-* "semi_conv": Novotny et al.'s semi-convolutional loss. `losses.semi_convolution`
+* "semi_conv": Novotny et al.'s semi-convolutional method. `losses.semi_convolution`
   adds the pixel coordinates, Ψ = Φ + s·(x, y) with s = half the image size,
   so Ψ is in pixels and each pixel can learn to point at its ship's centre;
-  instances come from `losses.extract_instances`.
+  `losses.semi_conv_kernel_loss` trains eq. 5 with the steered-kernel
+  cross-entropy of sampled seeds, its σ a trained parameter (log σ in the
+  params), and `losses.extract_kernel_instances` reads instances at the
+  kernel's 0.5 level set around seeds, with no radius to tune.
+* "semi_conv_eq5": the ablation with eq. 5 alone (`losses.semi_conv_loss`),
+  extracted by `losses.extract_instances` with the radius `config.semi_conv.distance`.
 * "discriminative": De Brabandere et al.'s pull/push loss on plain
   (translation-invariant) embeddings, extracted the same way with a radius
   between δ_v and 2δ_d − δ_v.
@@ -58,7 +64,7 @@ from tasks import base
 from tasks.base import ConfigError
 from tasks.base import Task
 
-METHODS = ("semi_conv", "discriminative", "spatial")
+METHODS = ("semi_conv", "semi_conv_eq5", "discriminative", "spatial")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,38 +72,56 @@ class _Method:
   """How one embedding loss reads the U-Net's output channels after the foreground logit."""
 
   num_channels: int
-  embed: Callable[[jax.Array], Any]  # `(B, H, W, num_channels)` outputs -> what the loss and extraction read.
-  loss: Callable[[Any, jax.Array], jax.Array]  # `(embedding, labels) -> scalar`.
+  # `((B, H, W, num_channels) outputs, params) -> what the loss and extraction read.
+  embed: Callable[[jax.Array, dict], Any]
+  loss: Callable[[Any, jax.Array, jax.Array], jax.Array]  # `(embedding, labels, rng) -> scalar`.
   extract: Callable[[jax.Array, Any], jax.Array]  # `(foreground probability, embedding) -> labels`.
+  weight: float  # Of the loss, besides the foreground cross-entropy.
+  params: dict = dataclasses.field(default_factory=dict)  # Trained parameters of the method, beside the U-Net's.
 
 
 def _method(config: ml_collections.ConfigDict, image_size: int) -> _Method:
   if config.method not in METHODS:
     raise ConfigError(f"config.method must be one of {METHODS}, got {config.method!r}.")
-  options = config[config.method]
+  options = config["semi_conv" if config.method == "semi_conv_eq5" else config.method]
   max_instances = config.max_instances
   if config.method == "spatial":
-    def embed(outputs):  # (centres e in pixels, bandwidths σ in pixels, seed logits)
+    def embed(outputs, params):  # (centres e in pixels, bandwidths σ in pixels, seed logits)
+      del params
       centres = losses.semi_convolution(options.output_scale * outputs[..., :2], scale=image_size / 2)
       # σ within a factor e of its initial value: an unbounded exp lets one pixel's σ dominate the smoothness term.
       return centres, options.initial_sigma * jnp.exp(jnp.tanh(outputs[..., 2])), outputs[..., 3]
     return _Method(
-        num_channels=4, embed=embed,
-        loss=lambda embedding, labels: losses.spatial_embedding_loss(*embedding, labels, max_instances=max_instances),
+        num_channels=4, embed=embed, weight=options.weight,
+        loss=lambda embedding, labels, rng: losses.spatial_embedding_loss(
+            *embedding, labels, max_instances=max_instances, sampled_instances=options.sampled_instances, key=rng),
         extract=lambda probability, embedding: losses.extract_spatial_instances(
             *embedding, max_instances=config.extraction.max_instances, seed_threshold=options.seed_threshold))
   extract = functools.partial(losses.extract_instances, max_instances=config.extraction.max_instances,
                               distance=options.distance)
+  semi_convolution = lambda outputs: losses.semi_convolution(options.output_scale * outputs, scale=image_size / 2)
   if config.method == "semi_conv":
     return _Method(
-        num_channels=options.embedding_dims,
-        embed=lambda outputs: losses.semi_convolution(options.output_scale * outputs, scale=image_size / 2),
-        loss=functools.partial(losses.semi_conv_loss, max_instances=max_instances),
+        num_channels=options.embedding_dims, weight=options.weight,
+        params={"semi_conv_log_sigma": jnp.log(jnp.asarray(options.initial_sigma, jnp.float32))},
+        embed=lambda outputs, params: (semi_convolution(outputs), jnp.exp(params["semi_conv_log_sigma"])),
+        loss=lambda embedding, labels, rng: losses.semi_conv_kernel_loss(
+            embedding[0], labels, sigma=embedding[1], key=rng, max_instances=max_instances,
+            num_seeds=options.num_seeds, kernel=options.kernel, pull_weight=options.pull_weight,
+            kernel_weight=options.kernel_weight),
+        extract=lambda probability, embedding: losses.extract_kernel_instances(
+            probability, embedding[0], sigma=embedding[1], max_instances=config.extraction.max_instances,
+            kernel=options.kernel))
+  if config.method == "semi_conv_eq5":
+    return _Method(
+        num_channels=options.embedding_dims, weight=options.weight,
+        embed=lambda outputs, params: semi_convolution(outputs),
+        loss=lambda embedding, labels, rng: losses.semi_conv_loss(embedding, labels, max_instances=max_instances),
         extract=extract)
   return _Method(
-      num_channels=options.embedding_dims, embed=lambda outputs: outputs,
-      loss=functools.partial(losses.discriminative_loss, max_instances=max_instances, delta_v=options.delta_v,
-                             delta_d=options.delta_d),
+      num_channels=options.embedding_dims, weight=options.weight, embed=lambda outputs, params: outputs,
+      loss=lambda embedding, labels, rng: losses.discriminative_loss(
+          embedding, labels, max_instances=max_instances, delta_v=options.delta_v, delta_d=options.delta_d),
       extract=extract)
 
 
@@ -132,10 +156,11 @@ def _model(config: ml_collections.ConfigDict) -> _Model:
 
   def predict(params, images):
     # In float32 from here: the coordinates Ψ adds need more than bfloat16's 8 bits at 64 pixels.
-    outputs = unet.apply({"params": params}, images - 0.3).astype(jnp.float32)
+    unet_params = {name: value for name, value in params.items() if name not in method.params}
+    outputs = unet.apply({"params": unet_params}, images - 0.3).astype(jnp.float32)
     # The coordinate scale follows the (square) input, so that Ψ is in pixels on crops and whole images alike.
     embed = method.embed if images.shape[1] == training_size else _method(config, images.shape[1]).embed
-    return outputs[..., 0], embed(outputs[..., 1:])
+    return outputs[..., 0], embed(outputs[..., 1:], params)
 
   @jax.jit
   def segment(params, images):
@@ -144,7 +169,9 @@ def _model(config: ml_collections.ConfigDict) -> _Model:
     return method.extract(probability, embedding), losses.connected_components(probability > 0.5), probability
 
   image_shape = (config.image_size, config.image_size, _input_channels(config))
-  return _Model(method=method, init=base.init_on_images(unet, image_shape), predict=predict, segment=segment)
+  init_unet = base.init_on_images(unet, image_shape)
+  return _Model(method=method, init=lambda rng: {**init_unet(rng), **method.params}, predict=predict,
+                segment=segment)
 
 
 def watershed_instances(probability: np.ndarray, *, h: float, threshold: float = 0.5) -> np.ndarray:
@@ -190,12 +217,11 @@ def build(config: ml_collections.ConfigDict) -> Task:
     return model.init(rng), {}
 
   def loss(params, task_state, batch, rng):
-    del rng
     logits, embedding = predict(params, batch["image"])
     foreground = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, (batch["labels"] > 0).astype(jnp.float32)))
-    embedding_loss = method.loss(embedding, batch["labels"])
+    embedding_loss = method.loss(embedding, batch["labels"], rng)
     metrics = {"foreground_loss": foreground, "embedding_loss": embedding_loss}
-    return foreground + config[config.method].weight * embedding_loss, (metrics, task_state)
+    return foreground + method.weight * embedding_loss, (metrics, task_state)
 
   # Under jit the objects beyond `max_instances` (specks of a noisy foreground) merge instead of raising.
   score = jax.jit(functools.partial(losses.f2_iou_score, reduction="none", max_instances=config.eval.max_instances))
