@@ -20,10 +20,11 @@ For every loss and size it times, in one process and side by side:
   writes as many bytes as the loss's per-element output (forward), or an
   array of the gradient's size plus a scalar (forward + backward).
 
-The `spatial` section times the discriminative and spatial-embedding
-losses at 1 and 256 instances per image, forward and forward + backward,
-with their memory: the former flat in K, the latter flat in memory but
-linear in time (each instance's Lovász hinge sorts the whole image).
+The `spatial` section (`--only=spatial`) times the discriminative loss, the
+complete semi-convolutional loss (a fixed number of seeds per image) and the
+spatial-embedding loss (a fixed number of sampled instances in its Lovász
+hinge) at 1, 16, 64 and 256 instances per image, forward and forward +
+backward, with their memory: all three flat in K.
 
 Times are wall-clock medians over repeats after two warm-up calls, with
 `block_until_ready`; the repeats of the implementations of one size are
@@ -425,26 +426,35 @@ def bench_semi_conv(quick: bool, repeats: int, budget: float) -> str:
 
 
 def bench_spatial(quick: bool, repeats: int, budget: float) -> str:
+  """The losses whose natural form is per instance over the whole image, against K instances per image."""
   batch, height, width, channels = (2 if quick else 8), 128, 128, 2
   keys = jax.random.split(jax.random.key(3), 3)
   embeddings = jax.random.normal(keys[0], (batch, height, width, channels))
   sigmas = jax.random.uniform(keys[1], (batch, height, width), minval=0.5, maxval=1.5)
   seeds = jax.random.normal(keys[2], (batch, height, width))
-  out = [("## Discriminative and spatial-embedding losses (`losses.discriminative_loss`, "
-          "`losses.spatial_embedding_loss`)"), "",
+  key = jax.random.key(4)
+  counts = (1, 16, 64, 256)
+  out = [("## Instance losses against the number of instances (`losses.discriminative_loss`, "
+          "`losses.semi_conv_kernel_loss`, `losses.spatial_embedding_loss`)"), "",
          (f"B = {batch}, {height}×{width} pixels, C = {channels} embedding channels, one σ per pixel, float32; K "
           "instances per image (Voronoi cells of K random seeds, 30% of the pixels background), `max_instances` = K; "
-          "value (forward) and `jax.value_and_grad` with respect to the embeddings (fwd+bwd), jitted. Memory is the "
-          "compiled program's temporaries + outputs."), "",
+          "value (forward) and `jax.value_and_grad` with respect to the embeddings (fwd+bwd), jitted. "
+          "`semi_conv_kernel_loss`: eq. 5 + the Laplacian-kernel cross-entropy of `num_seeds` = 8 seeds per image, "
+          f"σ = 1. `spatial_embedding_loss`: the Lovász hinge of `sampled_instances` = {SAMPLED_INSTANCES} drawn "
+          f"instances per image (all of them, exact, at K ≤ {SAMPLED_INSTANCES}). Memory is the compiled program's "
+          "temporaries + outputs."), "",
          "| loss | K | forward (ms) | fwd+bwd (ms) | memory, forward (MB) | memory, fwd+bwd (MB) |",
          "|---|---|---|---|---|---|"]
+  names = ("discriminative_loss", "semi_conv_kernel_loss", "spatial_embedding_loss")
   rows = {}
-  for num in (1, 256):
+  for num in counts:
     labels = voronoi_labels(batch, height, width, num)
     functions = {
         "discriminative_loss": lambda e, l, k=num: losses.discriminative_loss(e, l, max_instances=k),
-        "spatial_embedding_loss": lambda e, l, k=num: losses.spatial_embedding_loss(e, sigmas, seeds, l,
-                                                                                    max_instances=k),
+        "semi_conv_kernel_loss": lambda e, l, k=num: losses.semi_conv_kernel_loss(e, l, sigma=1.0, key=key,
+                                                                                  max_instances=k),
+        "spatial_embedding_loss": lambda e, l, k=num: losses.spatial_embedding_loss(
+            e, sigmas, seeds, l, max_instances=k, sampled_instances=SAMPLED_INSTANCES, key=key),
     }
     impls = {}
     for name, fn in functions.items():
@@ -455,17 +465,20 @@ def bench_spatial(quick: bool, repeats: int, budget: float) -> str:
       forward, backward = impls[name]
       memory = memory_mb(fn, embeddings, labels), memory_mb(jax.value_and_grad(fn), embeddings, labels)
       rows[name, num] = (median_ms(forward), median_ms(backward)) + memory
-  for name in ("discriminative_loss", "spatial_embedding_loss"):
-    for num in (1, 256):
+  for name in names:
+    for num in counts:
       f, b, memory_f, memory_b = rows[name, num]
       out.append(f"| `{name}` | {num} | {fmt_ms(f)} | {fmt_ms(b)} | {memory_f:.1f} | {memory_b:.1f} |")
   out.append("")
-  for name in ("discriminative_loss", "spatial_embedding_loss"):
+  for name in names:
     (f1, b1, m1, mb1), (f256, b256, m256, mb256) = rows[name, 1], rows[name, 256]
     out.append(f"`{name}` from K = 1 to K = 256: forward {fmt_ratio(f256, f1)}, fwd+bwd {fmt_ratio(b256, b1)} the "
                f"time; memory {fmt_ratio(m256, m1)} (forward) and {fmt_ratio(mb256, mb1)} (fwd+bwd).")
     out.append("")
   return "\n".join(out)
+
+
+SAMPLED_INSTANCES = 4  # The spatial-embedding loss's hinge instances per image in `bench_spatial`.
 
 
 # ----------------------------------------------------------------------------
