@@ -50,7 +50,12 @@ from losses.extraction import extract_kernel_instances
 from losses.extraction import extract_spatial_instances
 from losses.extraction import pixel_coordinates
 from losses.extraction import semi_convolution
+from losses.matching import MatchingCounts
+from losses.matching import PooledScores
+from losses.matching import average_precision
 from losses.matching import f2_iou_score
+from losses.matching import matching_counts
+from losses.matching import pooled_scores
 from losses.multitask import LossWeighting
 from losses.multitask import balanced_weights_loss
 from losses.multitask import dwa_weights
@@ -70,8 +75,11 @@ __version__ = "0.2.0"
 __all__ = (
     "AGGREGATOR_NAMES",
     "LossWeighting",
+    "MatchingCounts",
+    "PooledScores",
     "angular_distance",
     "angular_loss",
+    "average_precision",
     "balanced_weights_loss",
     "connected_components",
     "constrain_mixture",
@@ -86,10 +94,12 @@ __all__ = (
     "gradient_aggregator",
     "log_gaussian_overlap",
     "loss_weighting",
+    "matching_counts",
     "mixture_log_density",
     "mixture_mean",
     "orientation_metrics",
     "pixel_coordinates",
+    "pooled_scores",
     "propel_loss",
     "semi_conv_kernel_loss",
     "semi_conv_loss",

@@ -92,6 +92,11 @@ CASES = {
     "f2_iou_score": (lambda p, t: losses.f2_iou_score(p, t, max_instances=4), (_labels(2, 6, 6), _labels(2, 6, 6))),
     "f2_iou_score/traced truth": (lambda t, p: losses.f2_iou_score(p, t, max_instances=4),
                                   (_labels(2, 6, 6), _labels(2, 6, 6))),
+    "average_precision": (lambda p, t: losses.average_precision(p, t, max_instances=4),
+                          (_labels(2, 6, 6), _labels(2, 6, 6))),
+    "matching_counts": (lambda t, p: losses.matching_counts(p, t, max_instances=4, reduction="none"),
+                        (_labels(2, 6, 6), _labels(2, 6, 6))),
+    "pooled_scores": (lambda *counts: losses.pooled_scores(counts), (_labels(10), _labels(10), _labels(10))),
     "pixel_coordinates": (lambda x: x + losses.pixel_coordinates(3, 4), (_floats(3, 4, 2),)),
     "semi_convolution": (lambda e, s: losses.semi_convolution(e, scale=s), (_floats(2, 3, 4, 3), np.float32(2.5))),
     "extract_instances": (lambda f, e: losses.extract_instances(f, e, max_instances=3, distance=0.5),
@@ -135,7 +140,7 @@ CASES = {
 
 # Public names that are not array functions of their own (`loss_weighting` and `gradient_aggregator` have cases
 # for their methods; tests/test_aggregators.py runs every aggregator under jit in float32 and float64).
-NOT_ARRAY_FUNCTIONS = {"LossWeighting", "loss_weighting", "AGGREGATOR_NAMES"}
+NOT_ARRAY_FUNCTIONS = {"LossWeighting", "loss_weighting", "AGGREGATOR_NAMES", "MatchingCounts", "PooledScores"}
 
 
 def test_every_public_function_has_a_case():

@@ -310,6 +310,26 @@ CASES = [
      ValueError, says("`thresholds` must lie in [0.5, 1)")),
     ("f2_iou_score/reduction", lambda: losses.f2_iou_score(LABELS, LABELS, reduction="max"),
      ValueError, says("`reduction`")),
+    ("average_precision/float true_labels", lambda: losses.average_precision(LABELS, LABELS.astype(np.float32)),
+     TypeError, says("`true_labels`", "integer", "(B, H, W)")),
+    ("average_precision/mismatch", lambda: losses.average_precision(i32(1, 2, 3), LABELS),
+     AssertionError, says("`pred_labels` must have shape (B, H, W)", "`true_labels` (1, 2, 2)", "got (1, 2, 3)")),
+    ("average_precision/too many objects", lambda: losses.average_precision(LABELS, LABELS, max_instances=2),
+     ValueError, says("`pred_labels` has an image with 3 objects, more than `max_instances`=2.")),
+    ("average_precision/threshold below 0.5", lambda: losses.average_precision(LABELS, LABELS, thresholds=(0.3,)),
+     ValueError, says("`thresholds` must lie in [0.5, 1)")),
+    ("average_precision/reduction", lambda: losses.average_precision(LABELS, LABELS, reduction="max"),
+     ValueError, says("`reduction`")),
+    ("matching_counts/rank", lambda: losses.matching_counts(LABELS, LABELS[0]),
+     AssertionError, says("`true_labels` must have shape (B, H, W)", "got (2, 2)")),
+    ("matching_counts/negative id", lambda: losses.matching_counts(LABELS, -LABELS),
+     ValueError, says("`true_labels` must hold ids >= 0, found [-5, 0]")),
+    ("matching_counts/mean", lambda: losses.matching_counts(LABELS, LABELS, reduction="mean"),
+     ValueError, says("`reduction` must be one of ('sum', 'none')")),
+    ("pooled_scores/not counts", lambda: losses.pooled_scores((i32(3), i32(3))),
+     TypeError, says("`counts` must be a MatchingCounts")),
+    ("pooled_scores/shapes", lambda: losses.pooled_scores(losses.MatchingCounts(i32(3), i32(3), i32(2))),
+     AssertionError, says("`counts`", "`false_negatives` (2,)")),
 
     # The semi-convolutional operator, extraction and connected components.
     ("semi_convolution/one channel", lambda: losses.semi_convolution(f32(1, 2, 2, 1)),
@@ -375,7 +395,7 @@ CASES = [
      TypeError, says("`width`", "int")),
 ]
 
-PUBLIC = sorted(set(losses.__all__) - {"LossWeighting", "AGGREGATOR_NAMES"})
+PUBLIC = sorted(set(losses.__all__) - {"LossWeighting", "AGGREGATOR_NAMES", "MatchingCounts", "PooledScores"})
 
 
 def test_every_public_function_has_bad_input_cases():
