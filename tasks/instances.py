@@ -27,7 +27,10 @@ Two baselines segment the same predicted foreground (probability > 0.5):
 its connected components, and the classical nuclei watershed (`watershed_instances`:
 the watershed of the negated Euclidean distance transform from markers at its
 h-maxima, `config.watershed.h` pixels). Every method is scored with
-`losses.f2_iou_score`.
+`losses.f2_iou_score`; on DSB2018 also with the competition's mean AP
+(`losses.average_precision`, "ap_<method>") and StarDist's AP pooled over the
+test images at IoU 0.5, 0.75 and 0.9 (`losses.matching_counts`,
+`losses.pooled_scores`; "pooled_ap50_<method>", …).
 
 The data (`config.data_source`) are either the synthetic scenes of
 `data.ships` (jitted functions of the step), evaluated on a fixed held-out
@@ -65,6 +68,7 @@ from tasks.base import ConfigError
 from tasks.base import Task
 
 METHODS = ("semi_conv", "semi_conv_eq5", "discriminative", "spatial")
+POOLED_THRESHOLDS = (0.5, 0.75, 0.9)  # The IoU thresholds of StarDist's pooled AP that DSB2018 runs report.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +230,12 @@ def build(config: ml_collections.ConfigDict) -> Task:
   # Under jit the objects beyond `max_instances` (specks of a noisy foreground) merge instead of raising.
   score = jax.jit(functools.partial(losses.f2_iou_score, reduction="none", max_instances=config.eval.max_instances))
   names = (config.method, "connected_components", "watershed")
+  # DSB2018 is also scored as its competition (mean AP) and as StarDist reports it (AP pooled over the images).
+  nuclei_scores = config.data_source == "dsb2018"
+  mean_ap = jax.jit(functools.partial(losses.average_precision, reduction="none",
+                                      max_instances=config.eval.max_instances))
+  counts = jax.jit(functools.partial(losses.matching_counts, thresholds=POOLED_THRESHOLDS,
+                                     max_instances=config.eval.max_instances))
   data = {"synthetic": _synthetic, "airbus": _airbus, "dsb2018": _dsb2018}[config.data_source](config)
 
   def held_out(params):
@@ -238,15 +248,25 @@ def build(config: ml_collections.ConfigDict) -> Task:
   def evaluate(params, task_state):
     del task_state
     scores = {name: [] for name in names}
+    mean_aps = {name: [] for name in names}
+    totals = {name: np.zeros((3, len(POOLED_THRESHOLDS)), np.int64) for name in names}  # TP, FP, FN.
     for _, true_labels, predictions in held_out(params):
       for name, labels in zip(names, predictions):
         scores[name].append(np.asarray(score(labels, true_labels)))
+        if nuclei_scores:
+          mean_aps[name].append(np.asarray(mean_ap(labels, true_labels)))
+          totals[name] += np.asarray(counts(labels, true_labels))
     metrics = {}
     for name in names:
       per_image = np.concatenate(scores[name])
       metrics[f"f2_{name}"] = float(per_image.mean())
       for split, members in data.splits.items():
         metrics[f"{split}/f2_{name}"] = float(per_image[members].mean()) if members.any() else float("nan")
+      if nuclei_scores:
+        metrics[f"ap_{name}"] = float(np.concatenate(mean_aps[name]).mean())
+        pooled = np.asarray(losses.pooled_scores(losses.MatchingCounts(*totals[name])).average_precision)
+        for threshold, value in zip(POOLED_THRESHOLDS, pooled):
+          metrics[f"pooled_ap{round(100 * threshold)}_{name}"] = float(value)
     return metrics
 
   def write_figures(params, task_state, workdir):

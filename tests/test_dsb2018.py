@@ -191,7 +191,8 @@ def test_the_layout_trains_evaluates_whole_images_at_their_size_and_submits(layo
   workdir = tmp_path / "run"
   metrics = train.train_and_evaluate(config, str(workdir))
   for name in ("semi_conv", "connected_components", "watershed"):
-    assert 0 <= metrics[f"f2_{name}"] <= 1
+    for metric in ("f2", "ap", "pooled_ap50", "pooled_ap75", "pooled_ap90"):
+      assert 0 <= metrics[f"{metric}_{name}"] <= 1, (metric, name)
   (test_id,) = _test_ids(config)
   test_shape = {image_id: shape for image_id, shape, _, _ in IMAGES}[test_id]
   assert scored_shapes == [((1, *test_shape), (1, *test_shape))]  # The whole held-out image at its own size.
