@@ -224,6 +224,8 @@ def _angle_power_jvp(delta, primals, tangents):
 
 
 _angle_power.defjvp(_angle_power_jvp, symbolic_zeros=True)
+# Called outside `jit`, the public functions compile one program per signature instead of one per operation.
+_compiled_angle_power = jax.jit(_angle_power, static_argnums=2)
 
 
 def angular_distance(predictions: ArrayLike, targets: ArrayLike) -> jax.Array:
@@ -247,7 +249,7 @@ def angular_distance(predictions: ArrayLike, targets: ArrayLike) -> jax.Array:
     [0.     1.5708 3.1416]
   """
   predictions, targets = _check_vector_pairs(predictions, targets)
-  return _angle_power(predictions, targets, 0.0)
+  return _compiled_angle_power(predictions, targets, 0.0)
 
 
 def angular_loss(
@@ -294,7 +296,12 @@ def angular_loss(
                        static=True)
   _common.check_reduction(reduction)
   predictions, targets = _check_vector_pairs(predictions, targets)
-  return _common.reduce_masked(_angle_power(predictions, targets, float(delta)), mask, reduction)
+  return _compiled_angular_loss(predictions, targets, mask, float(delta), reduction)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _compiled_angular_loss(predictions, targets, mask, delta, reduction):
+  return _common.reduce_masked(_angle_power(predictions, targets, delta), mask, reduction)
 
 
 def encode_orientation(angle: ArrayLike, *, axial: bool = False) -> jax.Array:
@@ -390,8 +397,15 @@ def orientation_metrics(
     {'mean_abs_error_deg': 6.0, 'within_5deg': 0.6667, 'within_10deg': 0.6667, 'goe': 0.1402}
   """
   predictions, targets = _check_vector_pairs(predictions, targets)
+  metrics = _compiled_orientation_metrics(predictions, targets, mask, bool(axial), tuple(thresholds_deg))
+  names = ["mean_abs_error_deg", *(f"within_{threshold:g}deg" for threshold in thresholds_deg), "goe"]
+  return {name: metrics[name] for name in names}  # In this order: `jit` returns a dict's keys sorted.
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _compiled_orientation_metrics(predictions, targets, mask, axial, thresholds_deg):
   scale = 0.5 if axial else 1.0
-  theta = angular_distance(predictions, targets) * scale
+  theta = _angle_power(predictions, targets, 0.0) * scale
   error_deg = jnp.degrees(theta)
   metrics = {"mean_abs_error_deg": _common.reduce_masked(error_deg, mask, "mean")}
   for threshold in thresholds_deg:

@@ -29,6 +29,8 @@ and pushes the means of different instances 2δ_d apart, with the same
 segment sums.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -75,7 +77,14 @@ def semi_conv_loss(
   _common.check_reduction(reduction)
   embeddings, labels, max_instances, background = _common.check_instance_inputs(
       embeddings, labels, max_instances, background)
+  return _compiled_semi_conv_loss(embeddings, labels, max_instances=max_instances, background=background,
+                                  reduction=reduction)
 
+
+# Each public loss checks its inputs on the host, then runs one compiled program: called outside `jit`, it
+# compiles once per signature instead of once per operation.
+@functools.partial(jax.jit, static_argnames=("max_instances", "background", "reduction"))
+def _compiled_semi_conv_loss(embeddings, labels, *, max_instances, background, reduction):
   def per_image(ids, psi):
     return _eq5(*_common.image_instances(ids, psi, background, max_instances))
 
@@ -183,6 +192,15 @@ def semi_conv_kernel_loss(
   embeddings, labels, max_instances, background = _common.check_instance_inputs(
       embeddings, labels, max_instances, background)
   key = _common.check_key(key)
+
+  return _compiled_semi_conv_kernel_loss(
+      embeddings, labels, sigma, key, pull_weight, kernel_weight, max_instances=max_instances, num_seeds=num_seeds,
+      kernel=kernel, background=background, reduction=reduction)
+
+
+@functools.partial(jax.jit, static_argnames=("max_instances", "num_seeds", "kernel", "background", "reduction"))
+def _compiled_semi_conv_kernel_loss(embeddings, labels, sigma, key, pull_weight, kernel_weight, *, max_instances,
+                                    num_seeds, kernel, background, reduction):
   dtype = jnp.result_type(embeddings, sigma)
   embeddings, sigma = embeddings.astype(dtype), jnp.asarray(sigma, dtype)
   order_key, pixel_key = jax.random.split(key)
@@ -271,6 +289,13 @@ def discriminative_loss(
     _common.check_number(value, name)
   embeddings, labels, max_instances, background = _common.check_instance_inputs(
       embeddings, labels, max_instances, background)
+  return _compiled_discriminative_loss(embeddings, labels, delta_v, delta_d, alpha, beta, gamma,
+                                       max_instances=max_instances, background=background, reduction=reduction)
+
+
+@functools.partial(jax.jit, static_argnames=("max_instances", "background", "reduction"))
+def _compiled_discriminative_loss(embeddings, labels, delta_v, delta_d, alpha, beta, gamma, *, max_instances,
+                                  background, reduction):
   num_segments = max_instances + 1
 
   def per_image(ids, psi):

@@ -473,5 +473,10 @@ def propel_loss(
   # `predictions` itself (not a concatenation of its halves) is the differentiated input,
   # so its gradient is built once, without padding and adding the halves.
   predictions = _common.as_float(predictions, "predictions").astype(dtype)
-  return _common.reduce_masked(_propel(predictions, targets.astype(dtype), log_weights, float(sigma)), None,
-                               reduction)
+  return _compiled_propel_loss(predictions, targets.astype(dtype), log_weights, float(sigma), reduction)
+
+
+# Called outside `jit`, the loss compiles one program per signature instead of one per operation.
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _compiled_propel_loss(predictions, targets, log_weights, sigma, reduction):
+  return _common.reduce_masked(_propel(predictions, targets, log_weights, sigma), None, reduction)

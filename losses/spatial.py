@@ -11,6 +11,8 @@ of instances per image. `losses.extraction.extract_spatial_instances` is
 its inference: seeds and learned σ, no clustering radius.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -101,6 +103,11 @@ def _hinge_sum_jvp(primals, tangents):
       body, (jnp.zeros((), psi.dtype), jnp.zeros_like(psi)), (slots, centres, sigmas, counts, present))
   gradients = (psi_gradient, centre_gradients, sigma_gradients)
   return total, sum(jnp.sum(gradient * tangent) for gradient, tangent in zip(gradients, tangents[:3]))
+
+
+def _hinge_slots(max_instances: int, background: int) -> np.ndarray:
+  """The ids the hinge visits: every id but the background (all of them if the background is out of range)."""
+  return np.array([k for k in range(max_instances + 1) if k != background], np.int32)
 
 
 def spatial_embedding_loss(
@@ -229,9 +236,7 @@ def spatial_embedding_loss(
     _common.chex().assert_equal_shape_suffix([coordinates, embeddings], 3, custom_message=message)
     if coordinates.ndim == 4:
       _common.chex().assert_equal_shape([coordinates, embeddings], custom_message=message)
-  num_segments = max_instances + 1
-  # The hinge's slots: every id but the background (all of them if the background is out of range).
-  slots = np.array([k for k in range(num_segments) if k != background], np.int32)
+  slots = _hinge_slots(max_instances, background)
   if sampled_instances is not None:
     sampled_instances = _common.check_int(sampled_instances, "sampled_instances", minimum=1)
     if sampled_instances >= len(slots):
@@ -239,13 +244,29 @@ def spatial_embedding_loss(
     elif key is None:
       raise ValueError(f"`sampled_instances`={sampled_instances} < {len(slots)} instance ids draws instances: "
                        "pass `key`.")
+  if sampled_instances is not None:
+    key = _common.check_key(key)
+  return _compiled_spatial_embedding_loss(
+      embeddings, sigmas, seeds, labels, coordinates, key, instance_weight, sigma_weight, seed_weight,
+      foreground_weight, max_instances=max_instances, background=background, sampled_instances=sampled_instances,
+      reduction=reduction)
+
+
+# The inputs are checked on the host, then one compiled program runs: called outside `jit`, the loss compiles
+# once per signature instead of once per operation.
+@functools.partial(jax.jit, static_argnames=("max_instances", "background", "sampled_instances", "reduction"))
+def _compiled_spatial_embedding_loss(embeddings, sigmas, seeds, labels, coordinates, key, instance_weight,
+                                     sigma_weight, seed_weight, foreground_weight, *, max_instances, background,
+                                     sampled_instances, reduction):
+  num_segments = max_instances + 1
+  slots = _hinge_slots(max_instances, background)
   dtype = jnp.result_type(embeddings, sigmas, seeds, *(() if coordinates is None else (coordinates,)))
   embeddings, sigmas, seeds = embeddings.astype(dtype), sigmas.astype(dtype), seeds.astype(dtype)
   inputs = (labels, embeddings, sigmas, seeds)
   if coordinates is not None:
     inputs += (jnp.broadcast_to(coordinates.astype(dtype), embeddings.shape),)
   if sampled_instances is not None:
-    inputs += (jax.random.uniform(_common.check_key(key), (labels.shape[0], num_segments)),)
+    inputs += (jax.random.uniform(key, (labels.shape[0], num_segments)),)
   pixels = max(labels.shape[1] * labels.shape[2], 1)
 
   def per_image(ids, psi, sigma, seed, *extra):

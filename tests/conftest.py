@@ -4,12 +4,17 @@
   fresh jitted closures, so each test would otherwise recompile the same
   U-Net step; the cache keys programs by their HLO and reuses them across
   tests, workers and subprocesses.
+* `jax_disable_most_optimizations=True`: the tests run tiny programs a few
+  times each, so XLA's optimisation passes cost more than they save (a
+  third of the suite's CPU time); every claim the tests check holds for the
+  unoptimised program too.
 * `jax_threefry_partitionable=False`: XLA:CPU in jaxlib 0.10.2 compiles the
   partitionable threefry of many small random arrays (a model's initialisers,
   the procedural data) 10-20x slower than the classic one. The tests check
   properties that hold for either random stream.
 """
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -20,13 +25,26 @@ import jax
 import pytest
 
 SETTINGS = {
-    "jax_compilation_cache_dir": os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".jax_cache")),
+    # JAX's own variable chooses another directory (an empty one for a run from a cold cache).
+    "jax_compilation_cache_dir": os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".jax_cache")),
     "jax_persistent_cache_min_compile_time_secs": 0,
     "jax_persistent_cache_min_entry_size_bytes": 0,
     "jax_threefry_partitionable": False,
+    "jax_disable_most_optimizations": True,
 }
 for name, value in SETTINGS.items():
   jax.config.update(name, value)
+
+
+@contextlib.contextmanager
+def optimized_compilation():
+  """XLA's optimisations on, for a claim about the numerics of the compiled program that users run."""
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", SETTINGS["jax_disable_most_optimizations"])
 
 
 def reference_package(name: str):

@@ -227,6 +227,27 @@ CASES = [
     ("semi_conv_loss/float background", lambda: losses.semi_conv_loss(EMBEDDINGS, LABELS, max_instances=5,
                                                                       background=0.5),
      TypeError, says("`background`", "int")),
+    ("semi_conv_kernel_loss/labels rank", lambda: losses.semi_conv_kernel_loss(
+        EMBEDDINGS, LABELS[0], sigma=1.0, key=jax.random.key(0), max_instances=5),
+     AssertionError, says("`labels` must have shape (B, H, W)", "got (2, 2)")),
+    ("semi_conv_kernel_loss/kernel", lambda: losses.semi_conv_kernel_loss(
+        EMBEDDINGS, LABELS, sigma=1.0, key=jax.random.key(0), max_instances=5, kernel="box"),
+     ValueError, says("`kernel` must be one of")),
+    ("semi_conv_kernel_loss/sigma", lambda: losses.semi_conv_kernel_loss(
+        EMBEDDINGS, LABELS, sigma=0.0, key=jax.random.key(0), max_instances=5),
+     ValueError, says("`sigma` must be > 0")),
+    ("semi_conv_kernel_loss/num_seeds", lambda: losses.semi_conv_kernel_loss(
+        EMBEDDINGS, LABELS, sigma=1.0, key=jax.random.key(0), max_instances=5, num_seeds=0),
+     ValueError, says("`num_seeds` must be >= 1")),
+    ("semi_conv_kernel_loss/key", lambda: losses.semi_conv_kernel_loss(
+        EMBEDDINGS, LABELS, sigma=1.0, key=np.zeros(3, np.uint32), max_instances=5),
+     TypeError, says("`key` must be a PRNG key")),
+    ("extract_kernel_instances/foreground rank", lambda: losses.extract_kernel_instances(
+        f32(2, 2), EMBEDDINGS, sigma=1.0, max_instances=3),
+     AssertionError, says("`foreground` must have shape (B, H, W)", "got (2, 2)")),
+    ("extract_kernel_instances/kernel", lambda: losses.extract_kernel_instances(
+        f32(1, 2, 2), EMBEDDINGS, sigma=1.0, max_instances=3, kernel="box"),
+     ValueError, says("`kernel` must be one of")),
     ("semi_conv_loss/reduction", lambda: losses.semi_conv_loss(EMBEDDINGS, LABELS, max_instances=5, reduction="avg"),
      ValueError, says("`reduction`")),
     ("discriminative_loss/mismatch", lambda: losses.discriminative_loss(f32(1, 2, 3, 3), LABELS, max_instances=5),

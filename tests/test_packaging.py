@@ -1,9 +1,12 @@
 """What an installation of the project gives another project: one import name, `losses`, and a light import."""
 
 import os
+import pkgutil
 import subprocess
 import sys
 import zipfile
+
+import losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT_PACKAGES = ("flax", "optax", "matplotlib", "sklearn", "tensorboardX", "rich", "orbax", "absl",
@@ -31,3 +34,13 @@ def test_import_losses_loads_none_of_the_experiment_packages():
   result = subprocess.run([sys.executable, "-c", code, *EXPERIMENT_PACKAGES], check=True, capture_output=True,
                           text=True, cwd="/")
   assert result.stdout.strip() == ""
+
+
+def test_the_readmes_api_reference_command_names_every_public_module():
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  block = readme.split("<!-- api-command -->")[1].split("<!-- /api-command -->")[0]
+  named = set(block.split("-o docs/api")[1].split("```")[0].split())
+  public = {"losses", *(f"losses.{module.name}" for module in pkgutil.iter_modules(losses.__path__)
+                        if not module.name.startswith("_"))}
+  assert named == public

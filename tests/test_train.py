@@ -124,7 +124,7 @@ def test_the_mean_method_moves_shared_parameters_by_the_mean_task_gradient(repre
   state, batch = training.init(), training.next_batch(config.seed, 0)
   multi = training.task.task_gradients
   params, task_state = jax.device_get((state.params, state.task_state))
-  jacobian = jax.jacrev(lambda p: multi.task_losses(p, task_state, batch, jax.random.key(0))[0])(params)
+  jacobian = jax.jit(jax.jacrev(lambda p: multi.task_losses(p, task_state, batch, jax.random.key(0))[0]))(params)
   expected = jax.tree.map(lambda value, rows, shared: value - (rows.mean(0) if shared else rows.sum(0)),
                           params, jacobian, multi.shared(params))
   stepped = jax.device_get(training.step(state, batch)[0].params)
