@@ -20,13 +20,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = common.base_config()
   config.task = "multitask"
   config.num_tasks = 2  # localization, classification (and size, with 3).
-  # Loss-level: "fixed", "trainable", "uncertainty", "dwa", "rlw", "gls", "famo"; gradient-level: any name
-  # in losses.AGGREGATOR_NAMES ("upgrad", "mgda", "pcgrad", "cagrad", "nash_mtl", "gradnorm", …).
+  # Loss-level: any name in losses.LOSS_WEIGHTING_NAMES ("fixed", "trainable", "uncertainty", "dwa", "rlw",
+  # "gls", "famo", "imtl_l", "stch", "pbi", "cosmos", …); gradient-level: any name in losses.AGGREGATOR_NAMES
+  # ("upgrad", "mgda", "pcgrad", "cagrad", "nash_mtl", "gradnorm", …), which takes "mean" and "random" (the
+  # same updates as the loss-level ones; "rlw" names the loss-level random weighting).
   config.weighting = "trainable"
   config.alpha = 0.5  # "fixed" with two tasks: the weight of the localization loss (classification gets 1 − α).
   config.fixed_weights = ()  # "fixed" with three tasks: the three weights.
-  config.dwa_period = 50  # "dwa": steps per period, its "epoch".
-  config.dwa_temperature = 2.0
+  # Options of losses.loss_weighting per method (the weights of "fixed", "stch", "pbi" and "cosmos" are the
+  # ones above). DWA's period is its "epoch" in steps; TorchJD has no default for STCH's μ (LibMTL: 1),
+  # PBI's θ (the paper: 5) or COSMOS's λ (the paper: 0.01 to 8).
+  config.weighting_options = ml_collections.ConfigDict(dict(
+      dwa=dict(period=50, temperature=2.0), stch=dict(mu=1.0), pbi=dict(theta=5.0), cosmos=dict(lambda_=1.0)))
   # Gradient-level methods aggregate the per-task gradients of these modules of the U-Net: its encoder.
   config.shared_params = ("ConvBlock_0", "ConvBlock_1", "ConvBlock_2")
   # Aggregate the per-task gradients of the encoder's output (its skip tensors and bottleneck) instead of

@@ -34,6 +34,7 @@ Examples:
   0.145
 """
 
+from losses import scalarization
 from losses.aggregators import AGGREGATOR_NAMES
 from losses.aggregators import gradient_aggregator
 from losses.angular import angular_distance
@@ -56,10 +57,8 @@ from losses.matching import average_precision
 from losses.matching import f2_iou_score
 from losses.matching import matching_counts
 from losses.matching import pooled_scores
-from losses.multitask import LossWeighting
 from losses.multitask import balanced_weights_loss
 from losses.multitask import dwa_weights
-from losses.multitask import loss_weighting
 from losses.multitask import trainable_alpha_loss
 from losses.multitask import uncertainty_weighted_loss
 from losses.propel import constrain_mixture
@@ -68,12 +67,16 @@ from losses.propel import mixture_log_density
 from losses.propel import mixture_mean
 from losses.propel import propel_loss
 from losses.propel import split_mixture
+from losses.scalarization import LOSS_WEIGHTING_NAMES
+from losses.scalarization import LossWeighting
+from losses.scalarization import loss_weighting
 from losses.spatial import spatial_embedding_loss
 
 __version__ = "0.2.0"
 
 __all__ = (
     "AGGREGATOR_NAMES",
+    "LOSS_WEIGHTING_NAMES",
     "LossWeighting",
     "MatchingCounts",
     "PooledScores",
@@ -101,6 +104,7 @@ __all__ = (
     "pixel_coordinates",
     "pooled_scores",
     "propel_loss",
+    "scalarization",
     "semi_conv_kernel_loss",
     "semi_conv_loss",
     "semi_convolution",

@@ -9,11 +9,14 @@ same pooled bottleneck as the class.
 
 `config.weighting` names the multi-task method:
 
-* a loss-level weighting (`losses.loss_weighting`): "fixed" ((α, 1 − α) for
-  two tasks, `config.fixed_weights` for three), "trainable" α,
-  "uncertainty", "dwa", "rlw", "gls" or "famo". Trainable weights live in
-  the parameter pytree under "weighting" and are updated by the model's
-  optimizer; any other state of the weighting is the task state.
+* a loss-level weighting (`losses.loss_weighting`, any name in
+  `losses.LOSS_WEIGHTING_NAMES` that is not a gradient-level one): "fixed"
+  ((α, 1 − α) for two tasks, `config.fixed_weights` for three, which are also
+  the preference vector of "stch", "pbi" and "cosmos"), "trainable" α,
+  "uncertainty", "dwa", "rlw", "gls", "famo", "imtl_l", …, with the options
+  `config.weighting_options[name]`. Trainable weights live in the parameter
+  pytree under "weighting" and are updated by the model's optimizer; any
+  other state of the weighting is the task state.
 * a gradient-level method (`losses.gradient_aggregator`: "upgrad", "mgda",
   "pcgrad", …): the task hands the loop its per-task losses and the shared
   parameters (`config.shared_params`, the encoder's blocks), and the loop
@@ -64,10 +67,13 @@ def _sampler(config: ml_collections.ConfigDict, split: dict[str, jax.Array]):
 
 
 def weighting_from_config(config: ml_collections.ConfigDict) -> losses.LossWeighting:
-  fixed = (config.alpha, 1.0 - config.alpha) if config.num_tasks == 2 else tuple(config.fixed_weights)
-  return losses.loss_weighting(
-      config.weighting, num_tasks=config.num_tasks, fixed_weights=fixed, dwa_period=config.dwa_period,
-      dwa_temperature=config.dwa_temperature, seed=config.seed)
+  """`config.weighting` with its `config.weighting_options`; the preference vector ((α, 1 − α) or
+  `config.fixed_weights`) and `config.seed` go to the methods that take `weights` or `seed`."""
+  preference = (config.alpha, 1.0 - config.alpha) if config.num_tasks == 2 else tuple(config.fixed_weights)
+  accepted = losses.scalarization.option_names(config.weighting)
+  shared = {name: value for name, value in dict(weights=preference, seed=config.seed).items() if name in accepted}
+  return losses.loss_weighting(config.weighting, num_tasks=config.num_tasks,
+                               **{**shared, **config.weighting_options.get(config.weighting, {})})
 
 
 def shared_mask(config: ml_collections.ConfigDict, params) -> dict:

@@ -32,13 +32,16 @@ def _labels(*shape, high=3):
 
 
 MIXTURE = np.concatenate([_floats(4, 3, 2), RNG.uniform(0.2, 1.0, (4, 3, 2)).astype(np.float32)], axis=-1)
-WEIGHTING_NAMES = ("fixed", "trainable", "uncertainty", "dwa", "rlw", "gls", "famo")
+WEIGHTING_NAMES = ("constant", "balanced_weights", "trainable_alpha", "uw", "imtl_l", "dwa", "random",
+                   "geometric_mean", "famo", "stch", "pbi", "cosmos")
+WEIGHTING_OPTIONS = {"constant": dict(weights=(0.3, 0.7)), "stch": dict(mu=0.5, weights=(0.3, 0.7)),
+                     "pbi": dict(theta=5.0, weights=(0.3, 0.7)), "cosmos": dict(lambda_=1.0, weights=(0.3, 0.7))}
 
 
 def _weighting_combine(name):
   """`task_losses -> (total, weights)` of the weighting `name`, built on each call (so in the caller's dtypes)."""
   def combine(task_losses):
-    weighting = losses.loss_weighting(name, num_tasks=2, fixed_weights=(0.3, 0.7))
+    weighting = losses.loss_weighting(name, num_tasks=2, **WEIGHTING_OPTIONS.get(name, {}))
     params, state = weighting.init()
     return weighting.combine(params, state, task_losses)[:2]
   return combine
@@ -140,7 +143,8 @@ CASES = {
 
 # Public names that are not array functions of their own (`loss_weighting` and `gradient_aggregator` have cases
 # for their methods; tests/test_aggregators.py runs every aggregator under jit in float32 and float64).
-NOT_ARRAY_FUNCTIONS = {"LossWeighting", "loss_weighting", "AGGREGATOR_NAMES", "MatchingCounts", "PooledScores"}
+NOT_ARRAY_FUNCTIONS = {"LossWeighting", "loss_weighting", "AGGREGATOR_NAMES", "MatchingCounts", "PooledScores",
+                       "LOSS_WEIGHTING_NAMES", "scalarization"}
 
 
 def test_every_public_function_has_a_case():

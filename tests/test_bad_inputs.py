@@ -33,7 +33,7 @@ def says(*pieces: str) -> str:
 
 
 def combine_three_losses_for_two_tasks(name):
-  weighting = losses.loss_weighting(name, num_tasks=2, fixed_weights=(0.5, 0.5))
+  weighting = losses.loss_weighting(name, num_tasks=2, **({"weights": (0.5, 0.5)} if name == "fixed" else {}))
   params, state = weighting.init()
   return weighting.combine(params, state, f32(3))
 
@@ -189,12 +189,14 @@ CASES = [
      ValueError, says("`num_tasks` must be >= 1")),
     ("loss_weighting/num_tasks float", lambda: losses.loss_weighting("trainable", num_tasks=2.0),
      TypeError, says("`num_tasks`", "int")),
-    ("loss_weighting/fixed_weights", lambda: losses.loss_weighting("fixed", num_tasks=3, fixed_weights=(0.5, 0.5)),
-     ValueError, says("3 `fixed_weights`")),
-    ("loss_weighting/dwa_period", lambda: losses.loss_weighting("dwa", num_tasks=2, dwa_period=0),
-     ValueError, says("`dwa_period` must be >= 1")),
-    ("loss_weighting/dwa_temperature", lambda: losses.loss_weighting("dwa", num_tasks=2, dwa_temperature=-1.0),
-     ValueError, says("`dwa_temperature` must be > 0")),
+    ("loss_weighting/weights", lambda: losses.loss_weighting("fixed", num_tasks=3, weights=(0.5, 0.5)),
+     ValueError, says("`weights` must have shape (N,) = (3,)", "got (2,)")),
+    ("loss_weighting/option", lambda: losses.loss_weighting("dwa", num_tasks=2, dwa_period=2),
+     ValueError, says("'dwa' has no option ['dwa_period']")),
+    ("loss_weighting/dwa period", lambda: losses.loss_weighting("dwa", num_tasks=2, period=0),
+     ValueError, says("`period` must be >= 1")),
+    ("loss_weighting/dwa temperature", lambda: losses.loss_weighting("dwa", num_tasks=2, temperature=-1.0),
+     ValueError, says("`temperature` must be > 0")),
 ] + [
     (f"loss_weighting/{name} combine task_losses", lambda name=name: combine_three_losses_for_two_tasks(name),
      AssertionError, says("`task_losses` must have shape (N,) = (2,)", "got (3,)"))
@@ -416,7 +418,8 @@ CASES = [
      TypeError, says("`width`", "int")),
 ]
 
-PUBLIC = sorted(set(losses.__all__) - {"LossWeighting", "AGGREGATOR_NAMES", "MatchingCounts", "PooledScores"})
+PUBLIC = sorted(set(losses.__all__) - {"LossWeighting", "AGGREGATOR_NAMES", "LOSS_WEIGHTING_NAMES", "scalarization",
+                                        "MatchingCounts", "PooledScores"})
 
 
 def test_every_public_function_has_bad_input_cases():

@@ -11,6 +11,8 @@ import pytest
 from conftest import libmtl_weighting
 from conftest import reference_package
 import losses
+from losses.scalarization import BalancedWeightsParams
+from losses.scalarization import Empty
 
 
 def test_trainable_alpha_value_and_gradients_match_the_formulas():
@@ -67,14 +69,15 @@ def test_trainable_weighting_with_adam_converges_to_the_balance_point(loss_1, lo
 
   for _ in range(1500):
     params, opt_state = step(params, opt_state)
-  alpha = jax.nn.softmax(params["logits"])[0]
+  alpha = jax.nn.softmax(params.logits)[0]
   np.testing.assert_allclose(alpha, loss_2 / (loss_1 + loss_2), rtol=0.05)
 
 
 def test_trainable_alpha_tracks_changing_losses_on_a_toy_model():
   """Two quadratic tasks share a parameter; α follows L2/(L1+L2) as both fall."""
   weighting = losses.loss_weighting("trainable", num_tasks=2)
-  params = {"model": jnp.array(3.0), "weighting": weighting.init()[0]}
+  weighting_params, weighting_state = weighting.init()
+  params = {"model": jnp.array(3.0), "weighting": weighting_params}
   optimizer = optax.adam(0.02)
   opt_state = optimizer.init(params)
 
@@ -83,14 +86,14 @@ def test_trainable_alpha_tracks_changing_losses_on_a_toy_model():
 
   @jax.jit
   def step(params, opt_state):
-    loss_fn = lambda p: weighting.combine(p["weighting"], {}, task_losses(p["model"]))[0]
+    loss_fn = lambda p: weighting.combine(p["weighting"], weighting_state, task_losses(p["model"]))[0]
     updates, opt_state = optimizer.update(jax.grad(loss_fn)(params), opt_state)
     return optax.apply_updates(params, updates), opt_state
 
   for _ in range(3000):
     params, opt_state = step(params, opt_state)
   loss_1, loss_2 = task_losses(params["model"])
-  alpha = jax.nn.softmax(params["weighting"]["logits"])[0]
+  alpha = jax.nn.softmax(params["weighting"].logits)[0]
   np.testing.assert_allclose(alpha, loss_2 / (loss_1 + loss_2), rtol=0.05)
   # The model minimises log L1 + log L2, not L1 + L2.
   thetas = jnp.linspace(-2, 3, 5001)
@@ -102,7 +105,7 @@ def test_trainable_weighting_gradient_is_the_rule_rescaled():
   """The logits see the rule's gradient divided by c > 0: for N = 2, tanh(½ log(αL1/((1−α)L2)))."""
   weighting = losses.loss_weighting("trainable", num_tasks=2)
   logits, task_losses = jnp.array([0.3, -0.4]), jnp.array([2.0, 0.5])
-  gradient = jax.grad(lambda z: weighting.combine({"logits": z}, {}, task_losses)[0])(logits)
+  gradient = jax.grad(lambda z: weighting.combine(BalancedWeightsParams(z), Empty(), task_losses)[0])(logits)
   alpha = jax.nn.softmax(logits)[0]
   expected = np.tanh(0.5 * np.log(alpha * 2.0 / ((1 - alpha) * 0.5)))
   np.testing.assert_allclose(gradient, [expected, -expected], rtol=1e-5)
@@ -123,12 +126,12 @@ def test_dwa_weights_and_periods_match_the_paper():
   expected = 2 * np.exp([0.25, 0.5]) / np.exp([0.25, 0.5]).sum()
   np.testing.assert_allclose(weights, expected, rtol=1e-6)
 
-  weighting = losses.loss_weighting("dwa", num_tasks=2, dwa_period=2, dwa_temperature=2.0)
-  _, state = weighting.init()
+  weighting = losses.loss_weighting("dwa", num_tasks=2, period=2, temperature=2.0)
+  params, state = weighting.init()
   history = [(4.0, 1.0), (2.0, 1.0), (2.0, 1.0), (1.0, 1.0), (1.0, 1.0)]
   seen = []
   for task_losses in history:
-    total, weights, state = weighting.combine({}, state, jnp.array(task_losses))
+    total, weights, state = weighting.combine(params, state, jnp.array(task_losses))
     seen.append(weights)
     np.testing.assert_allclose(total, np.dot(weights, task_losses), rtol=1e-6)
   # Equal weights for the first two periods (steps 1-4); then r = (1.5/3, 1/1).
@@ -138,16 +141,17 @@ def test_dwa_weights_and_periods_match_the_paper():
 
 
 def test_fixed_weighting_and_bad_inputs():
-  weighting = losses.loss_weighting("fixed", num_tasks=2, fixed_weights=(0.1, 0.9))
-  total, weights, _ = weighting.combine({}, {}, jnp.array([2.0, 1.0]))
+  weighting = losses.loss_weighting("fixed", num_tasks=2, weights=(0.1, 0.9))
+  params, state = weighting.init()
+  total, weights, _ = weighting.combine(params, state, jnp.array([2.0, 1.0]))
   np.testing.assert_allclose(total, 0.2 + 0.9, rtol=1e-6)
   np.testing.assert_allclose(weights, [0.1, 0.9], rtol=1e-6)
-  with pytest.raises(ValueError, match="fixed_weights"):
-    losses.loss_weighting("fixed", num_tasks=3, fixed_weights=(0.5, 0.5))
+  with pytest.raises(ValueError, match=r"`weights` must have shape \(N,\) = \(3,\)"):
+    losses.loss_weighting("fixed", num_tasks=3, weights=(0.5, 0.5))
   with pytest.raises(ValueError, match="Unknown loss weighting"):
     losses.loss_weighting("gradnorm", num_tasks=2)
   with pytest.raises(AssertionError, match="task_losses"):
-    weighting.combine({}, {}, jnp.ones(3))
+    weighting.combine(params, state, jnp.ones(3))
   with pytest.raises(AssertionError, match="loss_1"):
     losses.trainable_alpha_loss(0.5, jnp.ones((2, 3)), 1.0)
   with pytest.raises(TypeError, match="loss_2"):
@@ -169,13 +173,13 @@ def _libmtl_stand_in(module, num_tasks, **attributes):
 def test_rlw_weights_are_a_softmax_of_standard_normals_drawn_from_the_state_key():
   weighting = losses.loss_weighting("rlw", num_tasks=3, seed=5)
   params, state = weighting.init()
-  np.testing.assert_array_equal(state["key"], jax.random.PRNGKey(5))
+  np.testing.assert_array_equal(state.key, jax.random.PRNGKey(5))
   task_losses = jnp.array([1.0, 2.0, 4.0])
   total, weights, new_state = jax.jit(weighting.combine)(params, state, task_losses)
   _, draw = jax.random.split(jax.random.PRNGKey(5))
   np.testing.assert_allclose(weights, jax.nn.softmax(jax.random.normal(draw, (3,))), rtol=1e-6)
   np.testing.assert_allclose(total, weights @ task_losses, rtol=1e-6)
-  assert not (new_state["key"] == state["key"]).all()
+  assert not (new_state.key == state.key).all()
   again = weighting.combine(params, state, task_losses)[1]
   np.testing.assert_array_equal(again, weights)  # The same state, the same draw.
 
@@ -202,17 +206,17 @@ def test_gls_is_the_geometric_mean_and_reports_the_weights_of_its_gradient():
 
 
 def test_famo_follows_its_rule_on_a_hand_computed_case():
-  weighting = losses.loss_weighting("famo", num_tasks=2, famo_lr=0.1, famo_weight_decay=0.0)
+  weighting = losses.loss_weighting("famo", num_tasks=2, lr=0.1, weight_decay=0.0)
   params, state = weighting.init()
   _, weights, state = weighting.combine(params, state, jnp.array([3.0, 1.0]))
   np.testing.assert_allclose(weights, [0.25, 0.75], rtol=1e-6)  # z = (1/2, 1/2), wᵢ ∝ zᵢ/Lᵢ.
-  np.testing.assert_allclose(state["logits"], 0.0)  # The first call only records the losses.
+  np.testing.assert_allclose(state.logits, 0.0)  # The first call only records the losses.
   task_losses = jnp.array([1.5, 0.9])
   before = state
   total, weights, state = weighting.combine(params, before, task_losses)
   # δ = (log 2, log(1/0.9)): task 1 improved faster. Adam's first step is −lr·sign of the gradient
   # z ⊙ (δ − z·δ) = (+, −), so the logits become (−0.1, 0.1).
-  np.testing.assert_allclose(state["logits"], [-0.1, 0.1], rtol=1e-5)
+  np.testing.assert_allclose(state.logits, [-0.1, 0.1], rtol=1e-5)
   z = jax.nn.softmax(jnp.array([-0.1, 0.1]))
   expected = (z / task_losses) / jnp.sum(z / task_losses)
   np.testing.assert_allclose(weights, expected, rtol=1e-5)
@@ -229,7 +233,7 @@ def test_famo_logits_follow_libmtl_update_rule_with_torch_adam():
   rng = np.random.default_rng(2)
   history = np.exp(rng.normal(size=(8, 3)).cumsum(axis=0) * 0.3)
   lr, gamma = 0.025, 1e-3
-  weighting = losses.loss_weighting("famo", num_tasks=3, famo_lr=lr, famo_weight_decay=gamma)
+  weighting = losses.loss_weighting("famo", num_tasks=3, lr=lr, weight_decay=gamma)
   params, state = weighting.init()
   logits = torch.zeros(3, dtype=torch.float64, requires_grad=True)
   adam = torch.optim.Adam([logits], lr=lr, weight_decay=gamma)
@@ -243,7 +247,7 @@ def test_famo_logits_follow_libmtl_update_rule_with_torch_adam():
       adam.step()
     previous = task_losses
     _, weights, state = weighting.combine(params, state, jnp.asarray(task_losses, jnp.float32))
-    np.testing.assert_allclose(state["logits"], logits.detach().numpy(), rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(state.logits, logits.detach().numpy(), rtol=2e-4, atol=1e-6)
     z = torch.softmax(logits, -1).detach().numpy()
     ratios = z / (task_losses + 1e-8)
     np.testing.assert_allclose(weights, ratios / ratios.sum(), rtol=2e-4)
@@ -255,7 +259,7 @@ def test_dwa_matches_libmtl():
   module = libmtl_weighting("DWA")
   rng = np.random.default_rng(1)
   epochs = rng.uniform(0.5, 2.0, size=(5, 3))  # Average losses of 5 "epochs" (periods of one step here).
-  weighting = losses.loss_weighting("dwa", num_tasks=3, dwa_period=1, dwa_temperature=2.0)
+  weighting = losses.loss_weighting("dwa", num_tasks=3, period=1, temperature=2.0)
   params, state = weighting.init()
   torch = reference_package("torch")
   for epoch, task_losses in enumerate(epochs):
@@ -273,7 +277,7 @@ def test_rlw_matches_libmtl_on_the_same_draws():
   params, state = weighting.init()
   task_losses = np.array([0.5, 1.5, 3.0])
   for _ in range(3):
-    key, draw = jax.random.split(state["key"])
+    key, draw = jax.random.split(state.key)
     normals = np.array(jax.random.normal(draw, (3,)))
 
     class SameDraws:  # LibMTL's RLW samples from `self.distribution`: give it ours.
@@ -284,7 +288,7 @@ def test_rlw_matches_libmtl_on_the_same_draws():
     losses_tensor = torch.tensor(task_losses, requires_grad=True)
     reference = stand_in.backward(losses_tensor, dist="Normal")
     _, weights, state = weighting.combine(params, state, jnp.asarray(task_losses, jnp.float32))
-    np.testing.assert_array_equal(state["key"], key)
+    np.testing.assert_array_equal(state.key, key)
     np.testing.assert_allclose(weights, reference, rtol=1e-6)
     np.testing.assert_allclose(losses_tensor.grad.numpy(), weights, rtol=1e-6)  # d total / d Lᵢ = wᵢ.
 
@@ -313,7 +317,7 @@ def test_new_weightings_check_their_inputs(name):
   params, state = weighting.init()
   with pytest.raises(AssertionError, match=r"`task_losses` must have shape \(N,\) = \(2,\)"):
     weighting.combine(params, state, jnp.ones(3))
-  with pytest.raises(ValueError, match="`famo_lr` must be > 0"):
-    losses.loss_weighting("famo", num_tasks=2, famo_lr=0.0)
-  with pytest.raises(ValueError, match="`famo_weight_decay` must be >= 0"):
-    losses.loss_weighting("famo", num_tasks=2, famo_weight_decay=-1.0)
+  with pytest.raises(ValueError, match="`lr` must be >= 0"):
+    losses.loss_weighting("famo", num_tasks=2, lr=-1.0)
+  with pytest.raises(ValueError, match="`weight_decay` must be >= 0"):
+    losses.loss_weighting("famo", num_tasks=2, weight_decay=-1.0)

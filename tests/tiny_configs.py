@@ -34,7 +34,8 @@ def _propel() -> ml_collections.ConfigDict:
 
 def _multitask() -> ml_collections.ConfigDict:
   config = multitask.get_config()
-  config.update(dict(canvas_size=16, min_digit_size=8.0, max_digit_size=10.0, dwa_period=1))
+  config.update(dict(canvas_size=16, min_digit_size=8.0, max_digit_size=10.0))
+  config.weighting_options.dwa.period = 1
   config.model.features = (4,)
   config.shared_params = ("ConvBlock_0",)  # The one level's block; the heads are Conv_0 and Dense_0.
   config.eval.num_examples = 16
