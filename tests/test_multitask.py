@@ -61,14 +61,13 @@ def test_trainable_weighting_with_adam_converges_to_the_balance_point(loss_1, lo
   opt_state = optimizer.init(params)
   task_losses = jnp.array([loss_1, loss_2])
 
-  @jax.jit
-  def step(params, opt_state):
+  def step(_, carry):
+    params, opt_state = carry
     grads = jax.grad(lambda p: weighting.combine(p, state, task_losses)[0])(params)
     updates, opt_state = optimizer.update(grads, opt_state)
     return optax.apply_updates(params, updates), opt_state
 
-  for _ in range(1500):
-    params, opt_state = step(params, opt_state)
+  params, opt_state = jax.jit(lambda carry: jax.lax.fori_loop(0, 1500, step, carry))((params, opt_state))
   alpha = jax.nn.softmax(params.logits)[0]
   np.testing.assert_allclose(alpha, loss_2 / (loss_1 + loss_2), rtol=0.05)
 
@@ -84,14 +83,13 @@ def test_trainable_alpha_tracks_changing_losses_on_a_toy_model():
   def task_losses(theta):
     return jnp.stack([(theta - 1.0) ** 2 + 0.5, 0.1 * (theta + 1.0) ** 2 + 0.1])
 
-  @jax.jit
-  def step(params, opt_state):
+  def step(_, carry):
+    params, opt_state = carry
     loss_fn = lambda p: weighting.combine(p["weighting"], weighting_state, task_losses(p["model"]))[0]
     updates, opt_state = optimizer.update(jax.grad(loss_fn)(params), opt_state)
     return optax.apply_updates(params, updates), opt_state
 
-  for _ in range(3000):
-    params, opt_state = step(params, opt_state)
+  params, opt_state = jax.jit(lambda carry: jax.lax.fori_loop(0, 3000, step, carry))((params, opt_state))
   loss_1, loss_2 = task_losses(params["model"])
   alpha = jax.nn.softmax(params["weighting"].logits)[0]
   np.testing.assert_allclose(alpha, loss_2 / (loss_1 + loss_2), rtol=0.05)
