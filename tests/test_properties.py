@@ -253,8 +253,9 @@ def multitask_case(alpha, loss_1, loss_2, logits, task_losses, log_variances, pr
   balanced = jax.value_and_grad(
       lambda z, l: losses.balanced_weights_loss(jax.nn.softmax(z), l), argnums=(0, 1))(logits, task_losses)
   weighting = losses.loss_weighting("trainable", num_tasks=task_losses.shape[0])
+  params, state = weighting.init()
   trainable = jax.value_and_grad(
-      lambda z, l: weighting.combine({"logits": z}, {}, l)[0], argnums=(0, 1))(logits, task_losses)
+      lambda z, l: weighting.combine(params._replace(logits=z), state, l)[0], argnums=(0, 1))(logits, task_losses)
   uncertainty = jax.value_and_grad(losses.uncertainty_weighted_loss, argnums=(0, 1))(log_variances, task_losses)
   before = previous / ratios
   dwa = losses.dwa_weights(previous, before), losses.dwa_weights(factor * previous, factor * before)
