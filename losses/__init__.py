@@ -34,9 +34,10 @@ Examples:
   0.145
 """
 
+from losses import aggregation
 from losses import scalarization
-from losses.aggregators import AGGREGATOR_NAMES
-from losses.aggregators import gradient_aggregator
+from losses.aggregation import AGGREGATOR_NAMES
+from losses.aggregation import gradient_aggregator
 from losses.angular import angular_distance
 from losses.angular import angular_loss
 from losses.angular import decode_orientation
@@ -80,6 +81,7 @@ __all__ = (
     "LossWeighting",
     "MatchingCounts",
     "PooledScores",
+    "aggregation",
     "angular_distance",
     "angular_loss",
     "average_precision",

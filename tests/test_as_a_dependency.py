@@ -59,8 +59,8 @@ def _aggregator_update(name, **options):
 
 
 # A QP solved by projected gradient and active set (mgda), Newton steps under `lax.cond` with state (nash_mtl),
-# random draws per coordinate (graddrop), state and task losses (gradnorm).
-AGGREGATOR_CASES = ("mgda", "nash_mtl", "graddrop", "gradnorm")
+# random draws per coordinate (graddrop), state and task losses (gradnorm), a pytree state (excess_mtl).
+AGGREGATOR_CASES = ("mgda", "nash_mtl", "graddrop", "gradnorm", "excess_mtl")
 
 # name -> (function of arrays, the arrays: the first is traced, the others captured)
 CASES = {
@@ -142,9 +142,9 @@ CASES = {
 }
 
 # Public names that are not array functions of their own (`loss_weighting` and `gradient_aggregator` have cases
-# for their methods; tests/test_aggregators.py runs every aggregator under jit in float32 and float64).
+# for their methods; tests/test_aggregation.py runs every aggregator under jit in float32 and float64).
 NOT_ARRAY_FUNCTIONS = {"LossWeighting", "loss_weighting", "AGGREGATOR_NAMES", "MatchingCounts", "PooledScores",
-                       "LOSS_WEIGHTING_NAMES", "scalarization"}
+                       "LOSS_WEIGHTING_NAMES", "scalarization", "aggregation"}
 
 
 def test_every_public_function_has_a_case():

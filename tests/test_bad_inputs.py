@@ -181,7 +181,7 @@ CASES = [
      TypeError, says("`before_previous_losses`", "floating-point")),
     ("dwa_weights/temperature", lambda: losses.dwa_weights(f32(2), f32(2), temperature=0.0),
      ValueError, says("`temperature` must be > 0")),
-    ("gradient_aggregator/name", lambda: losses.gradient_aggregator("sum"), ValueError, "sum"),
+    ("gradient_aggregator/name", lambda: losses.gradient_aggregator("summ"), ValueError, "summ"),
     ("gradient_aggregator/missing option", lambda: losses.gradient_aggregator("cagrad"), ValueError, "c"),
     ("loss_weighting/name", lambda: losses.loss_weighting("gradnorm", num_tasks=2),
      ValueError, says("Unknown loss weighting 'gradnorm'")),
@@ -419,7 +419,7 @@ CASES = [
 ]
 
 PUBLIC = sorted(set(losses.__all__) - {"LossWeighting", "AGGREGATOR_NAMES", "LOSS_WEIGHTING_NAMES", "scalarization",
-                                        "MatchingCounts", "PooledScores"})
+                                        "aggregation", "MatchingCounts", "PooledScores"})
 
 
 def test_every_public_function_has_bad_input_cases():
