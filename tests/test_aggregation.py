@@ -630,3 +630,253 @@ def test_bad_names_options_and_inputs_are_clear_errors():
   gradnorm = losses.gradient_aggregator("gradnorm", num_tasks=3)
   with pytest.raises(AssertionError, match="task_losses"):
     gradnorm.update(jnp.zeros((3, 2)), gradnorm.init(jnp.zeros(2)), task_losses=jnp.ones(2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The methods TorchJD 0.18 added: against TorchJD, then their defining properties.
+
+
+def _run(aggregator, jacobians, **extra):
+  """The updates and final state of `aggregator` over the (N, P) `jacobians` in turn, from `init` (eager)."""
+  state = aggregator.init(jnp.zeros(jacobians[0].shape[1], jnp.asarray(jacobians[0]).dtype))
+  updates = []
+  for jacobian in jacobians:
+    update, state = aggregator.update(jnp.asarray(jacobian), state, **extra)
+    updates.append(np.asarray(update))
+  return updates, state
+
+
+def _steps(n: int, p: int, seed: int, count: int = 3) -> list[np.ndarray]:
+  """`count` related (N, P) Jacobians, as in training: conflicting rows, slowly changing."""
+  rng = np.random.default_rng(seed)
+  base = _families(n, p, seed)["conflicting"]
+  return [base + 0.3 * rng.normal(size=base.shape) for _ in range(count)]
+
+
+@pytest.mark.reference
+def test_closed_form_additions_match_torchjd(x64):
+  """Sum, Constant, Krum (with Multi-Krum) and TrimmedMean: exact rules, equal to rounding."""
+  del x64
+  T = reference_package("torchjd").aggregation
+  torch = reference_package("torch")
+  for label, matrix in REFERENCE_JACOBIANS:
+    n = matrix.shape[0]
+    weights = np.linspace(-0.5, 2.0, n)
+    cases = [(T.Sum(), "sum", {}), (T.Constant(torch.from_numpy(weights)), "constant", {"weights": tuple(weights)}),
+             (T.TrimmedMean(trim_number=1), "trimmed_mean", {"trim_number": 1}),
+             (T.Krum(n_byzantine=0), "krum", {"n_byzantine": 0})]
+    if n >= 5:
+      cases += [(T.Krum(n_byzantine=1, n_selected=2), "krum", {"n_byzantine": 1, "n_selected": 2}),
+                (T.TrimmedMean(trim_number=2), "trimmed_mean", {"trim_number": 2})]
+    for reference, name, options in cases:
+      expected = reference(torch.from_numpy(matrix)).numpy()
+      actual, _ = _run(losses.gradient_aggregator(name, **options), [matrix])
+      assert _relative(actual[0], expected) < 1e-12, (name, options, label)
+
+
+def _fair_residual(gram, weights, alpha):
+  return np.max(np.abs((gram @ weights) * weights ** (1.0 / alpha) - 1.0))
+
+
+@pytest.mark.reference
+def test_fairgrad_matches_torchjd_where_its_least_squares_converges(x64):
+  """TorchJD's scipy least squares stops at `max_nfev` = 100·N or its tolerances; where its residual of
+  (Gw)ᵢwᵢ^(1/α) = 1 is below 1e-6 the updates agree to 1e-5, and ours is below 1e-9 wherever G is regular."""
+  del x64
+  T = reference_package("torchjd").aggregation
+  torch = reference_package("torch")
+  compared = 0
+  for alpha in (0.5, 1.0, 2.0):
+    for label, matrix in REFERENCE_JACOBIANS:
+      gram = matrix @ matrix.T
+      expected = T.FairGrad(alpha=alpha)(torch.from_numpy(matrix)).numpy()
+      torch_weights = T.FairGradWeighting(alpha=alpha)(torch.from_numpy(gram)).numpy()
+      actual, _ = _run(losses.aggregation.fairgrad(alpha), [matrix])
+      weights = np.asarray(aggregation._fair_solve(jnp.asarray(gram), jnp.ones(len(gram)), 20, alpha))
+      np.testing.assert_allclose(matrix.T @ weights, actual[0], rtol=1e-9, atol=1e-12)
+      if np.linalg.matrix_rank(gram) == len(gram):
+        assert _fair_residual(gram, weights, alpha) < 1e-9, (alpha, label)
+      if _fair_residual(gram, torch_weights, alpha) < 1e-6:
+        compared += 1
+        assert _relative(actual[0], expected) < 1e-5, (alpha, label, _relative(actual[0], expected))
+  assert compared >= 12
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("n_warmup_steps", [0, 2])
+def test_excess_mtl_matches_torchjd_over_steps(n_warmup_steps, x64):
+  del x64
+  T = reference_package("torchjd").aggregation
+  torch = reference_package("torch")
+  for seed, (n, p) in enumerate(REFERENCE_SHAPES):
+    steps = _steps(n, p, seed, count=4)
+    reference = T.ExcessMTL(robust_step_size=0.5, n_warmup_steps=n_warmup_steps)
+    expected = [reference(torch.from_numpy(matrix)).numpy() for matrix in steps]
+    actual, state = _run(losses.aggregation.excess_mtl(robust_step_size=0.5, n_warmup_steps=n_warmup_steps,
+                                                       num_tasks=n), steps)
+    for step, (a, e) in enumerate(zip(actual, expected)):
+      assert _relative(a, e) < 1e-9, (n, step, _relative(a, e))
+    np.testing.assert_allclose(state.weights, reference.weighting._weights.numpy(), rtol=1e-9)
+
+
+@pytest.mark.reference
+def test_pcd_matches_torchjd_over_steps(x64):
+  """TorchJD's dual active set and our orthant QP solve the same dual exactly: the updates agree to 1e-7,
+  including dependent rows and infeasible constraints (anti-parallel secondaries)."""
+  del x64
+  T = reference_package("torchjd").aggregation
+  torch = reference_package("torch")
+  infeasible = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, -2.0, 0.0]])
+  for seed, (n, p) in enumerate(REFERENCE_SHAPES):
+    families = list(_families(n, p, 20 + seed).values())
+    for tau in (0.02, 0.3, tuple(np.linspace(0.1, 0.5, n - 1))):
+      reference = T.PCD(tau=torch.tensor(tau) if isinstance(tau, tuple) else tau, beta=0.9)
+      expected = [reference(torch.from_numpy(matrix)).numpy() for matrix in families]
+      actual, state = _run(losses.aggregation.pcd(tau=tau, beta=0.9, num_tasks=n), families)
+      for label, a, e in zip(("independent", "conflicting", "dependent", "parallel"), actual, expected):
+        scale = np.linalg.norm(e) + 1e-300
+        assert np.linalg.norm(a - e) / scale < 1e-7, (n, tau, label, np.linalg.norm(a - e) / scale)
+      np.testing.assert_allclose(state.squared_norm_ema, reference.gramian_weighting._sq_norm_ema.numpy(), rtol=1e-12)
+  expected = T.PCD(tau=0.1)(torch.from_numpy(infeasible)).numpy()
+  actual, _ = _run(losses.aggregation.pcd(tau=0.1, num_tasks=3), [infeasible])
+  np.testing.assert_allclose(actual[0], expected, rtol=1e-9)
+  np.testing.assert_allclose(actual[0], infeasible[0], rtol=1e-9)  # Dropped constraints: d = g₁.
+
+
+@pytest.mark.reference
+def test_modo_and_sdmgrad_match_torchjd_weightings_over_steps(x64):
+  """One batch (A = G) and two independent batches (A = J₁J₂ᵀ, update ½(J₁ + J₂)ᵀw)."""
+  del x64
+  T = reference_package("torchjd").aggregation
+  torch = reference_package("torch")
+  for seed, (n, p) in enumerate(REFERENCE_SHAPES):
+    first, second = _steps(n, p, seed, count=3), _steps(n, p, seed + 50, count=3)
+    preference = tuple(np.linspace(1.0, 2.0, n) / np.linspace(1.0, 2.0, n).sum())
+    for make, ours in (
+        (lambda: T.MoDoWeighting(gamma=0.05, rho=0.1), losses.aggregation.modo(gamma=0.05, num_tasks=n)),
+        (lambda preference=preference: T.SDMGradWeighting(pref_vector=torch.tensor(preference)),
+         losses.aggregation.sdmgrad(pref_vector=preference, num_tasks=n))):
+      reference = make()
+      expected = [m.T @ reference(torch.from_numpy(m @ m.T)).numpy() for m in first]
+      actual, _ = _run(ours, first)
+      for a, e in zip(actual, expected):
+        assert _relative(a, e) < 1e-9, (n, type(reference).__name__)
+      reference = make()
+      expected = [0.5 * (a + b).T @ reference(torch.from_numpy(a @ b.T)).numpy() for a, b in zip(first, second)]
+      state = ours.init(jnp.zeros(p))
+      for a, b, e in zip(first, second, expected):
+        update, state = ours.update(jnp.asarray(a), state, independent_task_grads=jnp.asarray(b))
+        assert _relative(np.asarray(update), e) < 1e-9, (n, type(reference).__name__, "two batches")
+
+
+@pytest.mark.reference
+def test_cr_mogm_matches_torchjd_around_upgrad_and_mgda(x64):
+  """Around UPGrad (exact on both sides) the updates agree to 1e-6; around MGDA, TorchJD's Frank-Wolfe stops
+  early, so the smoothed updates are as close as the plain ones (5e-2 of the largest gradient norm)."""
+  del x64
+  T = reference_package("torchjd").aggregation
+  torch = reference_package("torch")
+  for seed, (n, p) in enumerate(REFERENCE_SHAPES):
+    steps = _steps(n, p, seed, count=3)
+    scale = max(np.linalg.norm(m, axis=1).max() for m in steps)
+    for inner, weighting, tolerance in (("upgrad", T.UPGradWeighting, 1e-6), ("mgda", T.MGDAWeighting, 5e-2)):
+      for initial in (None, tuple(np.full(n, 1.0 / n))):
+        reference = T.GramianWeightedAggregator(T.CRMOGMWeighting(
+            weighting(), alpha=0.6, initial_weights=None if initial is None else torch.tensor(initial)))
+        expected = [reference(torch.from_numpy(m)).numpy() for m in steps]
+        actual, _ = _run(losses.aggregation.cr_mogm(inner, alpha=0.6, initial_weights=initial, num_tasks=n), steps)
+        for a, e in zip(actual, expected):
+          error = _relative(a, e) if inner == "upgrad" else np.linalg.norm(a - e) / scale
+          assert error < tolerance, (n, inner, initial, error)
+
+
+def test_sum_constant_krum_and_trimmed_mean_follow_their_rules(x64):
+  del x64
+  np.testing.assert_allclose(_aggregate("sum", BATCH)[0], BATCH.sum(axis=1), rtol=1e-12)
+  weights = np.linspace(0.5, 2.0, N_TASKS)
+  np.testing.assert_allclose(_aggregate("constant", BATCH)[0], np.einsum("n,bnp->bp", weights, BATCH), rtol=1e-12)
+  trimmed = np.sort(BATCH, axis=1)[:, 1:-1].mean(axis=1)  # trim_number = 1: each coordinate's extremes dropped.
+  np.testing.assert_allclose(_aggregate("trimmed_mean", BATCH)[0], trimmed, rtol=1e-12)
+  for jacobian, update in zip(BATCH, _aggregate("krum", BATCH)[0]):  # n_byzantine = 0: N − 2 nearest others.
+    distances = np.linalg.norm(jacobian[:, None] - jacobian[None], axis=2)
+    scores = np.sort(distances, axis=1)[:, 1:N_TASKS - 1].sum(axis=1)
+    np.testing.assert_allclose(update, jacobian[np.argmin(scores)], rtol=1e-12)
+  outlier = np.vstack([np.eye(3, 4), 0.1 * np.ones((1, 4)), [[50.0, -50.0, 50.0, 0.0]]])
+  update, _ = _run(losses.aggregation.krum(1, n_selected=2), [outlier])
+  assert np.abs(update[0]).max() < 1.0  # Multi-Krum averages two inliers, never the outlier.
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0])
+def test_fairgrad_weights_are_alpha_fair(alpha, x64):
+  """(Gw)ᵢ = wᵢ^(−1/α), w > 0, on the independent and conflicting Jacobians of BATCH."""
+  del x64
+  regular = np.concatenate([BATCH[0::4], BATCH[1::4]])
+  grams = np.einsum("bnp,bmp->bnm", regular, regular)
+  solve = jax.jit(jax.vmap(lambda g: aggregation._fair_solve(g, jnp.ones(N_TASKS, g.dtype), 20, alpha)))
+  for gram, weights in zip(grams, np.asarray(solve(jnp.asarray(grams)))):
+    assert (weights > 0).all()
+    assert _fair_residual(gram, weights, alpha) < 1e-9
+
+
+def test_excess_mtl_follows_its_exponentiated_gradient_steps(x64):
+  del x64
+  first, second = np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([[2.0, 0.0], [1.0, 1.0]])
+  (_, update), state = _run(losses.aggregation.excess_mtl(num_tasks=2), [first, second])
+  sums = first ** 2 + second ** 2
+  excess_0 = (first ** 2 / np.sqrt(first ** 2 + 1e-7)).sum(axis=1)
+  weights = np.exp(np.log(0.5) + excess_0)
+  weights /= weights.sum()
+  excess_1 = (second ** 2 / np.sqrt(sums + 1e-7)).sum(axis=1) / (excess_0 + 1e-7)
+  weights = weights * np.exp(excess_1)
+  weights /= weights.sum()
+  np.testing.assert_allclose(state.weights, weights, rtol=1e-12)
+  np.testing.assert_allclose(update, weights @ second, rtol=1e-12)
+  np.testing.assert_allclose(state.squared_grad_sum, sums, rtol=1e-12)
+
+
+def test_pcd_solves_its_constrained_problem(x64):
+  """With unit scales, d̃ = g₁ + Σⱼμⱼgⱼ: μ ≥ 0, gⱼ·d̃ ≥ τ‖gⱼ‖², complementary slackness; d is d̃ at ‖g₁‖."""
+  del x64
+  tau = 0.3
+  grams = jnp.asarray(np.einsum("bnp,bmp->bnm", BATCH, BATCH))
+  solve = jax.jit(jax.vmap(lambda g: aggregation._pcd_weights(g, jnp.ones(N_TASKS, g.dtype),
+                                                              jnp.full(N_TASKS - 1, tau, g.dtype), 100)))
+  for jacobian, weights in zip(BATCH, np.asarray(solve(grams))):
+    multipliers = weights / weights[0]
+    direction = multipliers @ jacobian
+    scale = np.linalg.norm(jacobian, axis=1).max() ** 2
+    slack = jacobian[1:] @ direction - tau * np.sum(jacobian[1:] ** 2, axis=1)
+    assert (multipliers >= 0).all() and (slack >= -1e-9 * scale).all()
+    assert (np.abs(multipliers[1:] * slack) <= 1e-9 * scale * (1 + multipliers[1:])).all()
+    np.testing.assert_allclose(np.linalg.norm(weights @ jacobian), np.linalg.norm(jacobian[0]), rtol=1e-9)
+
+
+def test_modo_and_sdmgrad_converge_to_the_minimum_norm_weights(x64):
+  """On a fixed Gramian, MoDo's steps (ρ = 0) and SDMGrad's inner steps (λ = 0) are projected gradient on
+  ½wᵀGw over the simplex: both reach MGDA's weights."""
+  del x64
+  jacobian = BATCH[1]  # Conflicting rows.
+  target = np.asarray(aggregation._mgda_weights(jnp.asarray(jacobian @ jacobian.T), 100)) @ jacobian
+  modo = losses.aggregation.modo(gamma=0.5 / np.linalg.norm(jacobian @ jacobian.T, 2), rho=0.0, num_tasks=N_TASKS)
+
+  @jax.jit
+  def run(state):
+    return jax.lax.scan(lambda s, _: modo.update(jnp.asarray(jacobian), s)[::-1], state, None, length=3000)[1]
+
+  np.testing.assert_allclose(run(modo.init(jnp.zeros(P)))[-1], target, atol=1e-6 * np.abs(jacobian).max())
+  sdmgrad = losses.aggregation.sdmgrad(lr=0.5, momentum=0.0, n_iter=3000, lambda_=0.0, num_tasks=N_TASKS)
+  update, _ = sdmgrad.update(jnp.asarray(jacobian), sdmgrad.init(jnp.zeros(P)))
+  np.testing.assert_allclose(update, target, atol=1e-6 * np.abs(jacobian).max())
+
+
+def test_cr_mogm_is_the_ema_of_the_wrapped_weights(x64):
+  del x64
+  first, second = BATCH[0], BATCH[1]
+  mgda_weights = [np.asarray(aggregation._mgda_weights(jnp.asarray(j @ j.T), 100)) for j in (first, second)]
+  updates, state = _run(losses.aggregation.cr_mogm("mgda", alpha=0.7, num_tasks=N_TASKS), [first, second])
+  smoothed = 0.7 * mgda_weights[0] + 0.3 * mgda_weights[1]  # λ₁ = λ̂₁, then the EMA.
+  np.testing.assert_allclose(updates[0], mgda_weights[0] @ first, rtol=1e-9)
+  np.testing.assert_allclose(state.weights, smoothed, rtol=1e-9)
+  np.testing.assert_allclose(updates[1], smoothed @ second, rtol=1e-9)
+  with pytest.raises(ValueError, match="whose update is Jᵀw"):
+    losses.aggregation.cr_mogm(losses.aggregation.graddrop(), num_tasks=2)
