@@ -1,5 +1,6 @@
 """What an installation of the project gives another project: one import name, `losses`, and a light import."""
 
+import inspect
 import os
 import pkgutil
 import subprocess
@@ -41,6 +42,9 @@ def test_the_readmes_api_reference_command_names_every_public_module():
     readme = f.read()
   block = readme.split("<!-- api-command -->")[1].split("<!-- /api-command -->")[0]
   named = set(block.split("-o docs/api")[1].split("```")[0].split())
+  # pdoc documents the submodules that `losses.__all__` exports with `losses` itself; naming them again is a
+  # warning, which the command turns into an error.
+  exported = {f"losses.{name}" for name in losses.__all__ if inspect.ismodule(getattr(losses, name))}
   public = {"losses", *(f"losses.{module.name}" for module in pkgutil.iter_modules(losses.__path__)
                         if not module.name.startswith("_"))}
-  assert named == public
+  assert named == public - exported

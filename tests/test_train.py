@@ -85,7 +85,7 @@ def test_propel_experiment_runs_a_few_steps(tmp_path, loss):
 # "trainable" has weighting parameters and "dwa" weighting state; "upgrad" and "nash_mtl" solve problems in
 # the Gramian, "graddrop" is random; the tiny three-task config runs GradNorm in the tests over EXPERIMENTS.
 # The last two only in the slow run: in the loop they are one more aggregator like "upgrad", and
-# tests/test_aggregators.py checks them under jit.
+# tests/test_aggregation.py checks them under jit.
 @pytest.mark.parametrize("weighting", ["trainable", "dwa", "upgrad", pytest.param("nash_mtl", marks=pytest.mark.slow),
                                        pytest.param("graddrop", marks=pytest.mark.slow)])
 def test_multitask_experiment_runs_a_few_steps(tmp_path, weighting):
