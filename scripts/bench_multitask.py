@@ -257,14 +257,28 @@ def _torch_rows(config, params, batch, task_losses, names: list[str], num_steps:
   return description, rows
 
 
+def _has_defaults(name: str, config) -> bool:
+  """Whether the aggregator `name` builds with the options `config.aggregator_options` gives it."""
+  try:
+    losses.gradient_aggregator(name, num_tasks=config.num_tasks, **config.aggregator_options.get(name, {}))
+  except ValueError:
+    return False
+  return True
+
+
 def main(argv):
   del argv
   start = time.perf_counter()
   environment = benchmarking.environment("scripts.bench_multitask", ("jax", "jaxlib", "optax", "torch", "torchjd"))
   variant, num_steps, repeats = _VARIANT.value, _STEPS.value, _REPEATS.value
   plain_config = method_config(variant, None)
+  needs_options = []
   if _METHODS.value is None:
-    methods = list(losses.AGGREGATOR_NAMES) + [m for m in LOSS_LEVEL if _loss_weighting_exists(plain_config, m)]
+    # The aggregators whose every option has a default or a value in the config (krum, trimmed_mean, constant
+    # and fairgrad have neither).
+    aggregators = [m for m in losses.AGGREGATOR_NAMES if _has_defaults(m, plain_config)]
+    needs_options = [m for m in losses.AGGREGATOR_NAMES if m not in aggregators]
+    methods = aggregators + [m for m in LOSS_LEVEL if _loss_weighting_exists(plain_config, m)]
     missing = [m for m in LOSS_LEVEL if m not in methods]
   else:
     methods, missing = _METHODS.value, []
@@ -355,6 +369,8 @@ def main(argv):
       print(f"| {name} | {1e3 * statistics.median(times):.1f} | {ratio_text(times, summed)} |")
   if missing:
     print(f"\nNo such loss-level weighting in this checkout, skipped: {', '.join(missing)}.")
+  if needs_options:
+    print(f"\nAggregators with a required option, skipped (give them with --methods): {', '.join(needs_options)}.")
   for method, error in failed.items():
     print(f"\nFailed to build or compile `{method}`: {error}")
 
