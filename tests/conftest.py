@@ -24,6 +24,8 @@ import types
 import jax
 import pytest
 
+import losses
+
 SETTINGS = {
     # JAX's own variable chooses another directory (an empty one for a run from a cold cache).
     "jax_compilation_cache_dir": os.environ.get("JAX_COMPILATION_CACHE_DIR")
@@ -45,6 +47,20 @@ def optimized_compilation():
     yield
   finally:
     jax.config.update("jax_disable_most_optimizations", SETTINGS["jax_disable_most_optimizations"])
+
+
+@pytest.fixture
+def scored_shapes(monkeypatch):
+  """The shapes `(pred_labels, true_labels)` of every `losses.f2_iou_score` call, as a run evaluates."""
+  shapes = []
+  score = losses.f2_iou_score
+
+  def recording_score(pred_labels, true_labels, **options):
+    shapes.append((pred_labels.shape, true_labels.shape))
+    return score(pred_labels, true_labels, **options)
+
+  monkeypatch.setattr(losses, "f2_iou_score", recording_score)
+  return shapes
 
 
 def reference_package(name: str):

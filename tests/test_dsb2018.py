@@ -14,7 +14,6 @@ import pytest
 
 from data import dsb2018
 from data import kaggle
-import losses
 from scripts import kaggle_submission
 from tasks import instances
 from tasks.base import ConfigError
@@ -176,16 +175,8 @@ def test_a_broken_layout_is_a_one_line_error_before_training(tmp_path, damage, m
   assert "\n" not in str(error.value)
 
 
-def test_the_layout_trains_evaluates_whole_images_at_their_size_and_submits(layout, tmp_path, monkeypatch):
+def test_the_layout_trains_evaluates_whole_images_at_their_size_and_submits(layout, tmp_path, scored_shapes):
   directory, expected = layout
-  scored_shapes = []
-  score = losses.f2_iou_score
-
-  def recording_score(pred_labels, true_labels, **options):
-    scored_shapes.append((pred_labels.shape, true_labels.shape))
-    return score(pred_labels, true_labels, **options)
-
-  monkeypatch.setattr(losses, "f2_iou_score", recording_score)
   config = tiny_configs.get_config("dsb2018")
   config.update(dict(data_dir=directory, num_train_steps=3))
   workdir = tmp_path / "run"
