@@ -22,8 +22,8 @@ Numerical choices, each fixing a defect of the versions in circulation:
   for every angle, resolves 0.01° in float32, and is invariant to the lengths
   of both vectors, so a network cannot lower the loss by inflating |pred|.
 * On the CPU, float32 atan2 is evaluated with plain arithmetic (XLA's CPU
-  lowering of `jnp.arctan2` is a scalar library call, ~20× slower than the
-  rest of the loss); on every other backend (GPU, TPU), where the native
+  lowering of `jnp.arctan2` is a scalar library call, slower than the
+  rest of the loss together; BENCHMARKS.md has the timings); on every other backend (GPU, TPU), where the native
   atan2 is a fast vector instruction, `jnp.arctan2` is used. The choice is
   made when the function is lowered (`jax.lax.platform_dependent`), so one
   traced program serves every backend. The CPU path is an octant reduction to |z| ≤ tan(π/8) with one
@@ -36,8 +36,8 @@ Numerical choices, each fixing a defect of the versions in circulation:
   itself is within 2). Float64 inputs use `jnp.arctan2` everywhere, exact
   to float64.
 * θ^(1+δ) is θ·exp(δ·log θ) (0 at θ = 0; integer δ uses integer powers),
-  not `θ ** (1 + δ)`, which XLA lowers to a scalar `pow` call (several
-  times slower than exp and log together); the two agree to float32
+  not `θ ** (1 + δ)`, which XLA lowers to a scalar `pow` call (slower
+  than exp and log together on the CPU); the two agree to float32
   rounding of δ·log θ.
 * The gradient is a custom JVP from the closed form
   dθ = sign(a × b)·(dβ − dα), dβ = (p₀ dp₁ − p₁ dp₀)/|p|², fused with the
@@ -173,8 +173,8 @@ def _value(theta: jax.Array, power: jax.Array) -> jax.Array:
 
   The select also ends the per-pixel computation on purpose: XLA's CPU
   backend hands a reduction's elementwise producers to a library kernel
-  (YNNPACK) when they are plain arithmetic, and there this chain runs an
-  order of magnitude slower than in XLA's own fused loop. A select is not
+  (YNNPACK) when they are plain arithmetic, and there this chain runs much
+  slower than in XLA's own fused loop. A select is not
   handed over, so the loop stays whole and only finished values are summed.
   """
   return jnp.where(theta == 0, 0.0, theta * power)

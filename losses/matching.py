@@ -119,7 +119,7 @@ def _compact_ids(labels: jax.Array, max_instances: int) -> jax.Array:
   # The first `max_instances + 1` distinct ids, sorted (padded with the largest
   # integer): what `jnp.unique(size=...)` returns, found with one sort of the
   # bare ids (a key-only sort; `unique` sorts with more operands and then
-  # scatters, ~3× slower on CPU) and a binary search for where each new id starts.
+  # scatters, slower on the CPU) and a binary search for where each new id starts.
   if labels.size == 0:  # An image without pixels has no objects.
     return labels
   ids = jnp.sort(labels.reshape(-1))
