@@ -23,7 +23,7 @@ Numerical choices, each fixing a defect of the versions in circulation:
   of both vectors, so a network cannot lower the loss by inflating |pred|.
 * On the CPU, float32 atan2 is evaluated with plain arithmetic (XLA's CPU
   lowering of `jnp.arctan2` is a scalar library call, slower than the
-  rest of the loss together; BENCHMARKS.md has the timings); on every other backend (GPU, TPU), where the native
+  rest of the loss together); on every other backend (GPU, TPU), where the native
   atan2 is a fast vector instruction, `jnp.arctan2` is used. The choice is
   made when the function is lowered (`jax.lax.platform_dependent`), so one
   traced program serves every backend. The CPU path is an octant reduction to |z| ≤ tan(π/8) with one
