@@ -2,10 +2,12 @@
 
 from models.cnn import SmallCNN
 from models.instances import SemiConvolution
+from models.lenet import LeNet
 from models.structure_tensor import structure_tensor_orientation
 from models.unet import UNet
 
 __all__ = (
+    "LeNet",
     "SemiConvolution",
     "SmallCNN",
     "UNet",
