@@ -28,7 +28,10 @@ classification accuracy and, with three tasks, the mean absolute error of
 the size in pixels, on the held-out digits at fixed random placements.
 """
 
+from collections.abc import Callable
+import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +40,11 @@ import numpy as np
 import optax
 
 from data import digits
+from data import multi_fashion
 import losses
+from models import LeNet
 from models import UNet
+from models import lenet
 from models.unet import encoder_module_names
 import rundir
 from tasks import base
@@ -47,6 +53,8 @@ from tasks.base import Task
 from tasks.base import TaskGradients
 
 TASK_NAMES = ("localization", "classification", "size")
+# Multi-Fashion / Multi-MNIST (config.data_source = "multi_fashion"): the class of each item.
+CLASSIFICATIONS = ("top_left", "bottom_right")
 
 
 def _sampler(config: ml_collections.ConfigDict, split: dict[str, jax.Array]):
@@ -83,18 +91,84 @@ def shared_mask(config: ml_collections.ConfigDict, params) -> dict:
           "weighting": jax.tree.map(lambda _: False, params["weighting"])}
 
 
+@dataclasses.dataclass(frozen=True)
+class _TwoItems:
+  """Multi-Fashion or Multi-MNIST (`data.multi_fashion`) as `build` reads it instead of the digits.
+
+  Attributes:
+    image_shape: `(H, W, 1)` of the canvases.
+    train_loader: `Task.train_loader`, the Grain stream of the training canvases.
+    test: the held-out canvases, evaluated in order in batches of `config.eval.batch_size`.
+  """
+
+  image_shape: tuple[int, int, int]
+  train_loader: Callable[[int, int, int], Any]
+  test: multi_fashion.MultiItems
+
+
+def _two_items(config: ml_collections.ConfigDict) -> _TwoItems:
+  """The IDX files in `config.data_dir`, read and paired before anything is compiled."""
+  if config.num_tasks != 2:
+    raise ConfigError(f"config.data_source='multi_fashion' has two tasks ({', '.join(CLASSIFICATIONS)}), "
+                      f"got config.num_tasks={config.num_tasks}.")
+  if not config.data_dir:
+    raise ConfigError("config.data_source='multi_fashion' needs --config.data_dir=DIR, the directory of the four "
+                      "IDX files of Fashion-MNIST (or MNIST).")
+  try:
+    splits = multi_fashion.load(config.data_dir, seed=config.multi_fashion.seed)
+  except (FileNotFoundError, ValueError) as error:
+    raise ConfigError(str(error)) from None
+  train = splits["train"]
+
+  def train_loader(seed, process_index, process_count):
+    return multi_fashion.training_iterator(train, seed=seed, batch_size=config.batch_size // process_count,
+                                           process_index=process_index, process_count=process_count)
+
+  side = train.batch(np.arange(1))["image"].shape[1]
+  return _TwoItems(image_shape=(side, side, 1), train_loader=train_loader, test=splits["test"])
+
+
+def _per_example_classifications(outputs: tuple[jax.Array, ...], labels: jax.Array) -> dict[str, jax.Array]:
+  """`loss_<task>` (softmax cross-entropy) and `accuracy_<task>` (0 or 1) of each example `(B,)`, from the
+  LeNet's logits per task and the `(B, 2)` labels."""
+  metrics = {}
+  for index, (name, logits) in enumerate(zip(CLASSIFICATIONS, outputs)):
+    metrics[f"loss_{name}"] = optax.softmax_cross_entropy_with_integer_labels(logits, labels[:, index])
+    metrics[f"accuracy_{name}"] = (jnp.argmax(logits, -1) == labels[:, index]).astype(jnp.float32)
+  return metrics
+
+
+def _classification_evaluation(predict: Callable, test: multi_fashion.MultiItems, config: ml_collections.ConfigDict):
+  """`Task.evaluate` of the two classifications: each task's accuracy and mean loss over the first
+  `config.eval.num_examples` test canvases."""
+  sums = jax.jit(lambda params, batch: jax.tree.map(
+      jnp.sum, _per_example_classifications(predict(params, batch["image"]), batch["labels"])))
+
+  def evaluate(params, task_state):
+    del task_state
+    batches = multi_fashion.evaluation_batches(test, config.eval.batch_size, config.eval.num_examples)
+    totals = functools.reduce(functools.partial(jax.tree.map, jnp.add), (sums(params, batch) for batch in batches))
+    return {name: float(total) / min(config.eval.num_examples, len(test)) for name, total in totals.items()}
+
+  return evaluate
+
+
 def build(config: ml_collections.ConfigDict) -> Task:
   if config.num_tasks not in (2, 3):
     raise ConfigError(f"config.num_tasks must be 2 or 3, got {config.num_tasks}.")
-  task_names = TASK_NAMES[:config.num_tasks]
+  two_items = _two_items(config) if config.get("data_source") == "multi_fashion" else None
+  task_names = TASK_NAMES[:config.num_tasks] if two_items is None else CLASSIFICATIONS
   gradient_level = config.weighting in losses.AGGREGATOR_NAMES
   weighting = None if gradient_level else weighting_from_config(config)
-  model = UNet(features=tuple(config.model.features), out_channels=1, num_classes=10,
-               num_scalars=config.num_tasks - 2, dtype=base.compute_dtype(config))
-  split = digits.load_split()
-  sample_train = _sampler(config, jax.tree.map(jnp.asarray, split["train"]))
-
-  init_model = base.init_on_images(model, (config.canvas_size, config.canvas_size, 1))
+  if two_items is None:
+    model = UNet(features=tuple(config.model.features), out_channels=1, num_classes=10,
+                 num_scalars=config.num_tasks - 2, dtype=base.compute_dtype(config))
+    split = digits.load_split()
+    sample_train = _sampler(config, jax.tree.map(jnp.asarray, split["train"]))
+    init_model = base.init_on_images(model, (config.canvas_size, config.canvas_size, 1))
+  else:
+    model = LeNet(num_tasks=2, dtype=base.compute_dtype(config))
+    init_model = base.init_on_images(model, two_items.image_shape)
 
   def init(rng):
     weighting_params, weighting_state = ({}, {}) if weighting is None else weighting.init()
@@ -115,6 +189,9 @@ def build(config: ml_collections.ConfigDict) -> Task:
     return losses_of_outputs(predict(params, batch["image"]), task_state, batch)
 
   def losses_of_outputs(outputs, task_state, batch):
+    if two_items is not None:
+      metrics = jax.tree.map(jnp.mean, _per_example_classifications(outputs, batch["labels"]))
+      return jnp.stack([metrics[f"loss_{name}"] for name in task_names]), (metrics, task_state)
     map_logits, class_logits, *size = outputs
     localization = jnp.mean(
         optax.sigmoid_binary_cross_entropy(map_logits[..., 0], batch["mask"].astype(jnp.float32)), axis=(1, 2))
@@ -147,15 +224,15 @@ def build(config: ml_collections.ConfigDict) -> Task:
                                             **config.aggregator_options.get(config.weighting, {}))
     representation = None
     if config.representation_gradients:
-      encoder = encoder_module_names(len(config.model.features))
+      encoder = encoder_module_names(len(config.model.features)) if two_items is None else lenet.ENCODER_MODULES
       if set(config.shared_params) != set(encoder):
         raise ConfigError(
-            "config.representation_gradients aggregates the gradients of the U-Net's encoder output: "
+            "config.representation_gradients aggregates the gradients of the model's encoder output: "
             f"config.shared_params must be its modules {encoder}, got {tuple(config.shared_params)}.")
       representation = base.Representation(
-          encode=lambda params, batch: model.apply({"params": params["model"]}, batch["image"], method=UNet.encode),
+          encode=lambda params, batch: model.apply({"params": params["model"]}, batch["image"], method="encode"),
           task_losses=lambda params, features, task_state, batch, rng: losses_of_outputs(
-              predict(params, features, method=UNet.decode), task_state, batch))
+              predict(params, features, method="decode"), task_state, batch))
     task_gradients = TaskGradients(task_names=task_names, task_losses=task_losses,
                                    shared=functools.partial(shared_mask, config), aggregator=aggregator,
                                    representation=representation)
@@ -192,8 +269,12 @@ def build(config: ml_collections.ConfigDict) -> Task:
     return base.write_figure(workdir, "multitask_weights.png", functools.partial(
         plot_weight_history, [(config.weighting, rundir.read_metrics(workdir, "train"))], task_names))
 
-  return Task(init=init, train_batch=base.sampled_batches(sample_train, config.batch_size), loss=loss,
-              evaluate=evaluate, write_figures=write_figures, task_gradients=task_gradients)
+  if two_items is None:
+    data = dict(train_batch=base.sampled_batches(sample_train, config.batch_size), evaluate=evaluate)
+  else:
+    data = dict(train_batch=None, train_loader=two_items.train_loader,
+                evaluate=_classification_evaluation(predict, two_items.test, config))
+  return Task(init=init, loss=loss, **data, write_figures=write_figures, task_gradients=task_gradients)
 
 
 def plot_weight_history(runs: list[tuple[str, list[dict[str, float]]]], task_names: tuple[str, ...],

@@ -84,10 +84,18 @@ def _dsb2018() -> ml_collections.ConfigDict:
   return config
 
 
+def _multi_fashion() -> ml_collections.ConfigDict:
+  """Needs `data_dir`: a directory that `tests/test_multi_fashion.py` wrote (never Debian's default)."""
+  config = multitask.get_config("multi_fashion")
+  config.data_dir = ""
+  config.eval.update(dict(num_examples=8, batch_size=8))
+  return config
+
+
 EXPERIMENTS = {"orientation": _orientation, "propel": _propel, "multitask": _multitask, "three_tasks": _three_tasks,
                "instances": _instances}
 # Configs of experiments that read files: not in the loops over EXPERIMENTS.
-DATA_SETS = {"airbus": _airbus, "dsb2018": _dsb2018}
+DATA_SETS = {"airbus": _airbus, "dsb2018": _dsb2018, "multi_fashion": _multi_fashion}
 
 
 def get_config(experiment: str = "orientation") -> ml_collections.ConfigDict:
