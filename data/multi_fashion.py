@@ -188,6 +188,12 @@ class MultiItems:
   def __len__(self) -> int:
     return len(self.pairs.items)
 
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    """`(S, S, 1)` of the canvases: the items' side + 2 × MAX_SHIFT."""
+    side = self.images.shape[1] + 2 * MAX_SHIFT
+    return side, side, 1
+
   def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     items = self.pairs.items[indices]
     canvases = compose(self.images, items, self.pairs.corners[indices])

@@ -7,6 +7,13 @@ cross-entropy over 10 digits), and with `config.num_tasks = 3` head 3 a
 scalar, the digit's size rescaled to [0, 1] (squared error), read from the
 same pooled bottleneck as the class.
 
+With `config.data_source = "multi_fashion"` (configs/multitask.py:multi_fashion)
+the input is instead Multi-Fashion, or Multi-MNIST (`data.multi_fashion`,
+read from the IDX files in `config.data_dir`), and the model Pareto MTL's
+LeNet (`models.LeNet`): two tasks, the classes of the top-left and of the
+bottom-right item (softmax cross-entropy each), evaluated by each one's
+accuracy and loss on the first `config.eval.num_examples` test canvases.
+
 `config.weighting` names the multi-task method:
 
 * a loss-level weighting (`losses.loss_weighting`, any name in
@@ -124,8 +131,7 @@ def _two_items(config: ml_collections.ConfigDict) -> _TwoItems:
     return multi_fashion.training_iterator(train, seed=seed, batch_size=config.batch_size // process_count,
                                            process_index=process_index, process_count=process_count)
 
-  side = train.batch(np.arange(1))["image"].shape[1]
-  return _TwoItems(image_shape=(side, side, 1), train_loader=train_loader, test=splits["test"])
+  return _TwoItems(image_shape=train.image_shape, train_loader=train_loader, test=splits["test"])
 
 
 def _per_example_classifications(outputs: tuple[jax.Array, ...], labels: jax.Array) -> dict[str, jax.Array]:

@@ -124,6 +124,7 @@ def test_canvases_place_each_item_at_its_corner_and_keep_the_brighter_pixel(idx_
   images, labels = written["train"]
   split = splits["train"]
   batch = split.batch(np.arange(6))
+  assert split.image_shape == (36, 36, 1)
   assert batch["image"].shape == (6, 36, 36, 1) and batch["image"].dtype == np.float32
   assert batch["labels"].dtype == np.int32
   for index in range(6):  # The canvas drawn one item at a time.
