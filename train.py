@@ -1,8 +1,8 @@
 """Generic training loop: `python train.py --config=configs/<experiment>.py --workdir=DIR`.
 
 The loop knows nothing about any experiment: `config.task` names a module in
-`tasks/` that supplies the data stream, the parameters, the loss and the
-evaluation. The loop owns the optimizer, sharding over devices and hosts,
+`tasks/` that supplies the data stream, the parameters, the loss (or its own
+gradients) and the evaluation. The loop owns the optimizer, sharding over devices and hosts,
 checkpointing, logging and the guards that keep a long run safe:
 
 * Restarting the same command resumes from the latest complete checkpoint in
@@ -77,7 +77,6 @@ class TrainState:
   opt_state: Any
   task_state: Any
   skipped_steps: jax.Array  # Non-finite steps that were not applied (config.on_nonfinite="skip").
-  aggregator_state: Any  # A gradient-level multi-task method's (Task.task_gradients), else ().
   # The raw data of the loss's PRNG key. In the state rather than derived from config.seed inside the step, so
   # that the step's program is the same for every seed and a sweep over seeds compiles it once (the
   # persistent compilation cache).
@@ -179,68 +178,24 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
   def rngs():  # (init, loss) keys, derived inside the jitted functions so that nothing runs before them.
     return jax.random.split(jax.random.key(config.seed))
 
-  multi = task.task_gradients
-
-  def shared_leaves(tree, is_shared):
-    """The leaves of `tree` (params, or their per-task gradients) where the flat mask `is_shared` is true."""
-    return [leaf for leaf, shared in zip(jax.tree.leaves(tree), is_shared) if shared]
+  # The task's own gradients (Task.gradients), or those of its loss.
+  gradients = task.gradients or jax.value_and_grad(task.loss, has_aux=True)
 
   def init():
     init_key, loss_key = rngs()
     params, task_state = task.init(init_key)
     zero = jnp.zeros((), jnp.int32)
-    aggregator_state = () if multi is None else multi.aggregator.init(
-        shared_leaves(params, jax.tree.leaves(multi.shared(params))))
     return TrainState(step=zero, params=params, opt_state=optimizer.init(params), task_state=task_state,
-                      skipped_steps=zero, aggregator_state=aggregator_state, loss_key=jax.random.key_data(loss_key))
+                      skipped_steps=zero, loss_key=jax.random.key_data(loss_key))
 
   try:
     jax.eval_shape(init)  # Shape errors of the model and config surface here, not in the compiler.
   except ValueError as error:
     raise ConfigError(str(error).splitlines()[0]) from error
 
-  def gradients(state, batch, rng):
-    """`(loss, metrics, task_state, grads, aggregator_state)` of one step."""
-    if multi is None:
-      grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-      (loss, (metrics, task_state)), grads = grad_fn(state.params, state.task_state, batch, rng)
-      return loss, metrics, task_state, grads, state.aggregator_state
-    is_shared = multi.shared(state.params)
-    is_shared_leaves = jax.tree.leaves(is_shared)
-    representation = multi.representation
-    num_tasks = len(multi.task_names)
-    if representation is None:
-      rows, (task_losses, (metrics, task_state)) = per_task_gradients(
-          lambda params: multi.task_losses(params, state.task_state, batch, rng), num_tasks, state.params)
-      params_rows = [params_grads for (params_grads,) in rows]
-      aggregated_rows = [shared_leaves(params_grads, is_shared_leaves) for params_grads in params_rows]
-    else:
-      features, encode_vjp = jax.vjp(lambda params: representation.encode(params, batch), state.params)
-      rows, (task_losses, (metrics, task_state)) = per_task_gradients(
-          lambda params, features: representation.task_losses(params, features, state.task_state, batch, rng),
-          num_tasks, state.params, features)
-      params_rows = [params_grads for params_grads, _ in rows]
-      aggregated_rows = [jax.tree.leaves(feature_grads) for _, feature_grads in rows]
-    # The rows of the Jacobian, leaf by leaf: a leading task axis on every shared array.
-    jacobian = [jnp.stack(task_leaves) for task_leaves in zip(*aggregated_rows)]
-    update, aggregator_state = multi.aggregator.update(
-        jacobian, state.aggregator_state, shared_leaves(state.params, is_shared_leaves), task_losses=task_losses)
-    # A head's gradient is its own task's: the other tasks' gradients of it are zeros.
-    own = jax.tree.map(lambda *task_grads: sum(task_grads), *params_rows)
-    if representation is None:  # The update's arrays are the shared parameters', in the order of the leaves.
-      update_leaves = iter(update)
-      grads = jax.tree.map(lambda own_grad, shared: next(update_leaves) if shared else own_grad, own, is_shared)
-    else:  # One backward pass of the encoder takes the aggregated representation gradient to its parameters.
-      (encoder_grads,) = encode_vjp(jax.tree.unflatten(jax.tree.structure(features), update))
-      grads = jax.tree.map(lambda encoder_grad, own_grad, shared: encoder_grad if shared else own_grad,
-                           encoder_grads, own, is_shared)
-    weights = _effective_weights(jacobian, update)
-    metrics = {**metrics, **{f"weight_{name}": w for name, w in zip(multi.task_names, weights)}}
-    return jnp.sum(task_losses), metrics, task_state, grads, aggregator_state
-
   def step(state, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.loss_key), state.step)
-    loss, metrics, task_state, grads, aggregator_state = gradients(state, batch, rng)
+    (loss, (metrics, task_state)), grads = gradients(state.params, state.task_state, batch, rng)
     squared_norms = jax.tree.map(lambda g: jnp.sum(jnp.square(g.astype(jnp.float32))), grads)
     metrics = {"loss": loss, "grad_norm": jnp.sqrt(sum(jax.tree.leaves(squared_norms))), **metrics}
     finite = {name: jnp.isfinite(value).all() for name, value in metrics.items()}
@@ -248,7 +203,7 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
       finite["grad" + jax.tree_util.keystr(path)] = jnp.isfinite(value)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     applied = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            opt_state=opt_state, task_state=task_state, aggregator_state=aggregator_state)
+                            opt_state=opt_state, task_state=task_state)
     withheld = state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
     all_finite = jnp.stack(list(finite.values())).all()
     return jax.tree.map(lambda a, b: jnp.where(all_finite, a, b), applied, withheld), metrics, finite
@@ -260,34 +215,6 @@ def build_training(config: ml_collections.ConfigDict, devices=None) -> Training:
       step=jax.jit(step, in_shardings=(replicated, batch_sharding), out_shardings=replicated,
                    donate_argnums=0),
       next_batch=None if task.train_batch is None else jax.jit(task.train_batch, out_shardings=batch_sharding))
-
-
-def per_task_gradients(task_losses: Callable[..., tuple[jax.Array, Any]], num_tasks: int, *args):
-  """`([grads of task i's loss w.r.t. args, for each task i], (losses, aux))` of `task_losses(*args)`.
-
-  One VJP per task, unrolled rather than vmapped: each backpropagates only through what its own loss
-  reads (JAX's symbolic zeros drop the other tasks' heads), and XLA computes the shared forward pass once
-  for all of them. Unrolled rather than vmapped because XLA:CPU runs the batched convolution gradients
-  of a `jax.vmap` over the VJPs slowly (the timings: BENCHMARKS.md, "Multi-task methods: step time").
-  """
-  def task_loss(index, *args):
-    losses, aux = task_losses(*args)
-    return losses[index], (losses, aux)
-
-  grads_and_aux = [jax.grad(task_loss, argnums=tuple(range(1, len(args) + 1)), has_aux=True)(index, *args)
-                   for index in range(num_tasks)]
-  return [grads for grads, _ in grads_and_aux], grads_and_aux[0][1]
-
-
-def _effective_weights(task_grads: list[jax.Array], update: list[jax.Array]) -> jax.Array:
-  """The weights w (N,) with Σᵢ wᵢ gᵢ closest to `update` in least squares, for logging any aggregator alike.
-
-  For the methods that return a combination of the task gradients (mean, MGDA, UPGrad, IMTL-G, …) this is
-  exactly their weighting; for the others (GradDrop) it is the nearest such combination.
-  """
-  gram = sum(jnp.einsum("i...,j...->ij", g, g) for g in task_grads)
-  projections = sum(jnp.einsum("i...,...->i", g, u) for g, u in zip(task_grads, update))
-  return jnp.linalg.pinv(gram.astype(jnp.float32), hermitian=True) @ projections.astype(jnp.float32)
 
 
 class BatchStream:

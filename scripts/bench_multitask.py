@@ -102,18 +102,18 @@ def _jax_row(config, num_steps: int):
   return training, initial, run
 
 
-def _jacobian_strategy_rows(training, num_steps: int) -> dict:
+def _jacobian_strategy_rows(training, task_names: tuple[str, ...], num_steps: int) -> dict:
   """`{strategy: run}`: the gradients of the task losses alone (all parameters), by each way of computing them.
 
   "summed": the gradient of the summed losses (the plain step's); "vmap over one VJP": one forward pass,
   `jax.vmap` of its VJP over the N basis cotangents; "N VJPs of one forward pass": the same VJP called N
-  times; "one VJP per task loss": `train.per_task_gradients`, what the loop does.
+  times; "one VJP per task loss": `tasks.multitask.per_task_gradients`, what a gradient-level step does.
   """
   state = training.init()
   batch = training.next_batch(0, 0)
-  task_losses = training.task.task_gradients.task_losses
+  task_losses = multitask_task.logged_task_losses(training.task, task_names)
   losses_of = lambda params: task_losses(params, state.task_state, batch, jax.random.key(0))[0]
-  num_tasks = jax.eval_shape(losses_of, state.params).shape[0]
+  num_tasks = len(task_names)
 
   def vmapped(params):
     _, vjp = jax.vjp(losses_of, params)
@@ -125,7 +125,7 @@ def _jacobian_strategy_rows(training, num_steps: int) -> dict:
 
   strategies = {"summed": jax.grad(lambda params: jnp.sum(losses_of(params))), "vmap over one VJP": vmapped,
                 "N VJPs of one forward pass": unrolled,
-                "one VJP per task loss (train.py)": lambda params: train.per_task_gradients(
+                "one VJP per task loss (the gradient-level step)": lambda params: multitask_task.per_task_gradients(
                     lambda p: (losses_of(p), ()), num_tasks, params)[0]}
 
   def timed(fn):
@@ -295,13 +295,14 @@ def main(argv):
       failed[method] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
       continue
     jax_rows[method] = run
-    if task_losses is None and training.task.task_gradients is not None:
-      task_losses = training.task.task_gradients.task_losses
+    if task_losses is None and training.task.gradients is not None:
+      task_losses = multitask_task.logged_task_losses(training.task, multitask_task.names_of_tasks(plain_config))
 
   torch_rows, torch_description = {}, ""
   if _TORCH.value:
     if task_losses is None:  # No gradient-level method was asked for: the task's losses from one that is.
-      task_losses = train.build_training(method_config(variant, "upgrad")).task.task_gradients.task_losses
+      task_losses = multitask_task.logged_task_losses(
+          train.build_training(method_config(variant, "upgrad")).task, multitask_task.names_of_tasks(plain_config))
     names = [m for m in TORCHJD if m in jax_rows]
     total_steps = num_steps * (repeats + 1)
     torch_description, torch_rows = _torch_rows(
@@ -310,7 +311,8 @@ def main(argv):
 
   strategy_rows = {}
   if _STRATEGIES.value:
-    strategy_rows = _jacobian_strategy_rows(train.build_training(method_config(variant, "mean")), num_steps)
+    strategy_rows = _jacobian_strategy_rows(train.build_training(method_config(variant, "mean")),
+                                            multitask_task.names_of_tasks(plain_config), num_steps)
   rows = {**{("jax", name): run for name, run in jax_rows.items()},
           **{("torch", name): run for name, run in torch_rows.items()},
           **{("strategy", name): run for name, run in strategy_rows.items()}}

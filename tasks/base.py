@@ -17,55 +17,6 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Representation:
-  """The model split at the representation every task reads, for gradients taken there (`TaskGradients`).
-
-  Attributes:
-    encode: `(params, batch) -> representation`, a pytree of arrays computed by the shared parameters only.
-    task_losses: `(params, representation, task_state, batch, rng) -> (losses (N,), (metrics, task_state))`,
-      the unweighted task losses given the representation, reading only the tasks' own parameters.
-  """
-
-  encode: Callable[[PyTree, dict[str, jax.Array]], PyTree]
-  task_losses: Callable[..., tuple[jax.Array, tuple[Metrics, PyTree]]]
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskGradients:
-  """What the loop needs to train a multi-task model with a gradient-level method (`Task.task_gradients`).
-
-  The loop differentiates each task's loss separately inside the jitted step, one VJP per task: each
-  backpropagates only through what its loss reads, so a head's backward pass runs once, for its own
-  task. The parameters `shared` selects get the update `aggregator` makes of their N per-task gradients;
-  every other parameter (a task's own head) gets the gradient of the summed losses, which is its own
-  task's gradient, as TorchJD's `mtl_backward` does.
-
-  With `representation` set, the aggregator combines the per-task gradients with respect to the shared
-  representation instead, and one backward pass through the encoder takes the combination to the shared
-  parameters (LibMTL's `rep_grad`): the encoder's backward runs once instead of N times, but the
-  aggregator sees the gradients of the batch's features, not of the parameters, so it is an
-  approximation of the method (exact for the mean).
-
-  Attributes:
-    task_names: the N tasks; the loop logs `weight_<name>`, the weights of the combination of the task
-      gradients closest to each update.
-    task_losses: `(params, task_state, batch, rng) -> (losses (N,), (metrics, task_state))`, unweighted.
-    shared: `params -> pytree of bools` (the structure of `params`), true for the parameters every task
-      reads.
-    aggregator: an `optax.GradientTransformationExtraArgs` (`losses.gradient_aggregator`) over the list
-      of shared parameter arrays (or of the representation's arrays):
-      `update(grads with a leading task axis, state, params, task_losses=...)`.
-    representation: None, or the model split at its shared representation, to aggregate there.
-  """
-
-  task_names: tuple[str, ...]
-  task_losses: Callable[[PyTree, PyTree, dict[str, jax.Array], jax.Array], tuple[jax.Array, tuple[Metrics, PyTree]]]
-  shared: Callable[[PyTree], PyTree]
-  aggregator: Any
-  representation: Representation | None = None
-
-
-@dataclasses.dataclass(frozen=True)
 class Task:
   """Everything `train.py` needs to know about one experiment.
 
@@ -90,9 +41,11 @@ class Task:
       process's share of each step's batch (`config.batch_size /
       process_count` examples, NumPy arrays), one element per step in order.
       The loop puts its state in every checkpoint and restores it on resume.
-    task_gradients: for a multi-task model trained by a gradient-level method: the per-task losses,
-      the shared parameters and the aggregator (`TaskGradients`). The loop then differentiates those
-      instead of `loss`, which stays the task's scalar objective for tools that need one.
+    gradients: for a task that computes its own gradients (a multi-task model trained by a
+      gradient-level method, `tasks.multitask.GradientAggregation`): `(params, task_state, batch, rng)
+      -> ((loss, (metrics, task_state)), grads)`, the contract of `jax.value_and_grad(loss,
+      has_aux=True)`, which the loop uses when this is None. `loss` then stays the task's scalar
+      objective for tools that need one; any state of the method is part of `task_state`.
   """
 
   init: Callable[[jax.Array], tuple[PyTree, PyTree]]
@@ -101,7 +54,8 @@ class Task:
   evaluate: Callable[[PyTree, PyTree], dict[str, float]]
   write_figures: Callable[[PyTree, PyTree, str], list[str]]
   train_loader: Callable[[int, int, int], Any] | None = None
-  task_gradients: TaskGradients | None = None
+  gradients: Callable[[PyTree, PyTree, dict[str, jax.Array], jax.Array],
+                      tuple[tuple[jax.Array, tuple[Metrics, PyTree]], PyTree]] | None = None
 
   def __post_init__(self):
     if (self.train_batch is None) == (self.train_loader is None):

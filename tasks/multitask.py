@@ -25,9 +25,10 @@ accuracy and loss on the first `config.eval.num_examples` test canvases.
   pytree under "weighting" and are updated by the model's optimizer; any
   other state of the weighting is the task state.
 * a gradient-level method (`losses.gradient_aggregator`: "upgrad", "mgda",
-  "pcgrad", …): the task hands the loop its per-task losses and the shared
-  parameters (`config.shared_params`, the encoder's blocks), and the loop
-  aggregates the per-task gradients of those (`tasks.base.TaskGradients`).
+  "pcgrad", …): the task computes its own gradients (`Task.gradients`,
+  `GradientAggregation`), aggregating the per-task gradients of the shared
+  parameters (`config.shared_params`, the encoder's blocks); the aggregator's
+  state is the task state.
 
 Held-out evaluation: the localization IoU (prediction = sigmoid > 0.5,
 intersection over union of each image's masks, averaged over images), the
@@ -56,12 +57,141 @@ from models.unet import encoder_module_names
 import rundir
 from tasks import base
 from tasks.base import ConfigError
+from tasks.base import Metrics
+from tasks.base import PyTree
 from tasks.base import Task
-from tasks.base import TaskGradients
 
 TASK_NAMES = ("localization", "classification", "size")
 # Multi-Fashion / Multi-MNIST (config.data_source = "multi_fashion"): the class of each item.
 CLASSIFICATIONS = ("top_left", "bottom_right")
+
+
+def per_task_gradients(task_losses: Callable[..., tuple[jax.Array, Any]], num_tasks: int, *args):
+  """`([grads of task i's loss w.r.t. args, for each task i], (losses, aux))` of `task_losses(*args)`.
+
+  One VJP per task, unrolled rather than vmapped: each backpropagates only through what its own loss
+  reads (JAX's symbolic zeros drop the other tasks' heads), and XLA computes the shared forward pass once
+  for all of them. Unrolled rather than vmapped because XLA:CPU runs the batched convolution gradients
+  of a `jax.vmap` over the VJPs slowly (BENCHMARKS.md, "Multi-task methods: step time").
+  """
+  def task_loss(index, *args):
+    losses, aux = task_losses(*args)
+    return losses[index], (losses, aux)
+
+  grads_and_aux = [jax.grad(task_loss, argnums=tuple(range(1, len(args) + 1)), has_aux=True)(index, *args)
+                   for index in range(num_tasks)]
+  return [grads for grads, _ in grads_and_aux], grads_and_aux[0][1]
+
+
+def _effective_weights(task_grads: list[jax.Array], update: list[jax.Array]) -> jax.Array:
+  """The weights w (N,) with Σᵢ wᵢ gᵢ closest to `update` in least squares, for logging any aggregator alike.
+
+  For the methods that return a combination of the task gradients (mean, MGDA, UPGrad, IMTL-G, …) this is
+  exactly their weighting; for the others (GradDrop) it is the nearest such combination.
+  """
+  gram = sum(jnp.einsum("i...,j...->ij", g, g) for g in task_grads)
+  projections = sum(jnp.einsum("i...,...->i", g, u) for g, u in zip(task_grads, update))
+  return jnp.linalg.pinv(gram.astype(jnp.float32), hermitian=True) @ projections.astype(jnp.float32)
+
+
+def _shared_leaves(tree: PyTree, is_shared: list[bool]) -> list[jax.Array]:
+  """The leaves of `tree` (params, or their per-task gradients) where the flat mask `is_shared` is true."""
+  return [leaf for leaf, shared in zip(jax.tree.leaves(tree), is_shared) if shared]
+
+
+@dataclasses.dataclass(frozen=True)
+class Representation:
+  """The model split at the representation every task reads, for gradients taken there (`GradientAggregation`).
+
+  Attributes:
+    encode: `(params, batch) -> representation`, a pytree of arrays computed by the shared parameters only.
+    task_losses: `(params, representation, task_state, batch, rng) -> (losses (N,), (metrics, task_state))`,
+      the unweighted task losses given the representation, reading only the tasks' own parameters.
+  """
+
+  encode: Callable[[PyTree, dict[str, jax.Array]], PyTree]
+  task_losses: Callable[..., tuple[jax.Array, tuple[Metrics, PyTree]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientAggregation:
+  """A multi-task model trained by a gradient-level method: its `Task.gradients` and its task state.
+
+  `gradients` differentiates each task's loss separately inside the jitted step, one VJP per task: each
+  backpropagates only through what its loss reads, so a head's backward pass runs once, for its own
+  task. The parameters `shared` selects get the update `aggregator` makes of their N per-task gradients;
+  every other parameter (a task's own head) gets the gradient of the summed losses, which is its own
+  task's gradient, as TorchJD's `mtl_backward` does.
+
+  With `representation` set, the aggregator combines the per-task gradients with respect to the shared
+  representation instead, and one backward pass through the encoder takes the combination to the shared
+  parameters (LibMTL's `rep_grad`): the encoder's backward runs once instead of N times, but the
+  aggregator sees the gradients of the batch's features, not of the parameters, so it is an
+  approximation of the method (exact for the mean).
+
+  The aggregator's state is the task state's entry "aggregator" (`init_state`), so that the loop checkpoints
+  it and keeps it unchanged on a step it does not apply, as any task state.
+
+  Attributes:
+    task_names: the N tasks; `gradients` logs `weight_<name>`, the weights of the combination of the task
+      gradients closest to each update.
+    task_losses: `(params, task_state, batch, rng) -> (losses (N,), (metrics, task_state))`, unweighted.
+    shared: `params -> pytree of bools` (the structure of `params`), true for the parameters every task
+      reads.
+    aggregator: an `optax.GradientTransformationExtraArgs` (`losses.gradient_aggregator`) over the list
+      of shared parameter arrays (or of the representation's arrays):
+      `update(grads with a leading task axis, state, params, task_losses=...)`.
+    representation: None, or the model split at its shared representation, to aggregate there.
+  """
+
+  task_names: tuple[str, ...]
+  task_losses: Callable[[PyTree, PyTree, dict[str, jax.Array], jax.Array], tuple[jax.Array, tuple[Metrics, PyTree]]]
+  shared: Callable[[PyTree], PyTree]
+  aggregator: Any
+  representation: Representation | None = None
+
+  def init_state(self, params: PyTree) -> dict[str, PyTree]:
+    """The task state at `params`: `{"aggregator": the aggregator's initial state}`."""
+    return {"aggregator": self.aggregator.init(_shared_leaves(params, jax.tree.leaves(self.shared(params))))}
+
+  def gradients(self, params, task_state, batch, rng):
+    """`((summed losses, (metrics, task_state)), grads)` of one step: `Task.gradients`.
+
+    `grads` holds the aggregator's update for the shared parameters and each head's own task gradient;
+    `metrics` adds `weight_<task>` to the task's, and `task_state["aggregator"]` is the aggregator's new state.
+    """
+    is_shared = self.shared(params)
+    is_shared_leaves = jax.tree.leaves(is_shared)
+    representation = self.representation
+    num_tasks = len(self.task_names)
+    if representation is None:
+      rows, (task_losses, (metrics, task_state)) = per_task_gradients(
+          lambda params: self.task_losses(params, task_state, batch, rng), num_tasks, params)
+      params_rows = [params_grads for (params_grads,) in rows]
+      aggregated_rows = [_shared_leaves(params_grads, is_shared_leaves) for params_grads in params_rows]
+    else:
+      features, encode_vjp = jax.vjp(lambda params: representation.encode(params, batch), params)
+      rows, (task_losses, (metrics, task_state)) = per_task_gradients(
+          lambda params, features: representation.task_losses(params, features, task_state, batch, rng),
+          num_tasks, params, features)
+      params_rows = [params_grads for params_grads, _ in rows]
+      aggregated_rows = [jax.tree.leaves(feature_grads) for _, feature_grads in rows]
+    # The rows of the Jacobian, leaf by leaf: a leading task axis on every shared array.
+    jacobian = [jnp.stack(task_leaves) for task_leaves in zip(*aggregated_rows)]
+    update, aggregator_state = self.aggregator.update(
+        jacobian, task_state["aggregator"], _shared_leaves(params, is_shared_leaves), task_losses=task_losses)
+    # A head's gradient is its own task's: the other tasks' gradients of it are zeros.
+    own = jax.tree.map(lambda *task_grads: sum(task_grads), *params_rows)
+    if representation is None:  # The update's arrays are the shared parameters', in the order of the leaves.
+      update_leaves = iter(update)
+      grads = jax.tree.map(lambda own_grad, shared: next(update_leaves) if shared else own_grad, own, is_shared)
+    else:  # One backward pass of the encoder takes the aggregated representation gradient to its parameters.
+      (encoder_grads,) = encode_vjp(jax.tree.unflatten(jax.tree.structure(features), update))
+      grads = jax.tree.map(lambda encoder_grad, own_grad, shared: encoder_grad if shared else own_grad,
+                           encoder_grads, own, is_shared)
+    weights = _effective_weights(jacobian, update)
+    metrics = {**metrics, **{f"weight_{name}": w for name, w in zip(self.task_names, weights)}}
+    return (jnp.sum(task_losses), (metrics, {**task_state, "aggregator": aggregator_state})), grads
 
 
 def _sampler(config: ml_collections.ConfigDict, split: dict[str, jax.Array]):
@@ -159,11 +289,16 @@ def _classification_evaluation(predict: Callable, test: multi_fashion.MultiItems
   return evaluate
 
 
+def names_of_tasks(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The tasks `build(config)` trains, in the order of its losses."""
+  return CLASSIFICATIONS if config.get("data_source") == "multi_fashion" else TASK_NAMES[:config.num_tasks]
+
+
 def build(config: ml_collections.ConfigDict) -> Task:
   if config.num_tasks not in (2, 3):
     raise ConfigError(f"config.num_tasks must be 2 or 3, got {config.num_tasks}.")
   two_items = _two_items(config) if config.get("data_source") == "multi_fashion" else None
-  task_names = TASK_NAMES[:config.num_tasks] if two_items is None else CLASSIFICATIONS
+  task_names = names_of_tasks(config)
   gradient_level = config.weighting in losses.AGGREGATOR_NAMES
   weighting = None if gradient_level else weighting_from_config(config)
   if two_items is None:
@@ -177,7 +312,10 @@ def build(config: ml_collections.ConfigDict) -> Task:
     init_model = base.init_on_images(model, two_items.image_shape)
 
   def init(rng):
-    weighting_params, weighting_state = ({}, {}) if weighting is None else weighting.init()
+    if weighting is None:  # Gradient-level: the task state is the aggregator's.
+      params = {"model": init_model(rng), "weighting": {}}
+      return params, aggregation.init_state(params)
+    weighting_params, weighting_state = weighting.init()
     return {"model": init_model(rng), "weighting": weighting_params}, weighting_state
 
   def predict(params, inputs, method=None):
@@ -211,16 +349,16 @@ def build(config: ml_collections.ConfigDict) -> Task:
 
   def loss(params, task_state, batch, rng):
     values, (metrics, task_state) = task_losses(params, task_state, batch, rng)
-    if weighting is None:  # Gradient-level: the loop aggregates the gradients of `values` instead.
+    if weighting is None:  # Gradient-level: `aggregation.gradients` aggregates the gradients of `values` instead.
       return jnp.sum(values), (metrics, task_state)
     total, weights, task_state = weighting.combine(params["weighting"], task_state, values)
     for name, value, weight in zip(task_names, values, weights):
       metrics.update({f"weight_{name}": weight, f"weighted_loss_{name}": weight * value})
     return total, (metrics, task_state)
 
-  task_gradients = None
+  aggregation = None
   if gradient_level:
-    unknown = set(config.shared_params) - set(jax.eval_shape(init, jax.random.key(0))[0]["model"])
+    unknown = set(config.shared_params) - set(jax.eval_shape(init_model, jax.random.key(0)))
     if not config.shared_params or unknown:
       raise ConfigError(
           f"config.weighting={config.weighting!r} aggregates the gradients of the shared parameters: "
@@ -235,13 +373,13 @@ def build(config: ml_collections.ConfigDict) -> Task:
         raise ConfigError(
             "config.representation_gradients aggregates the gradients of the model's encoder output: "
             f"config.shared_params must be its modules {encoder}, got {tuple(config.shared_params)}.")
-      representation = base.Representation(
+      representation = Representation(
           encode=lambda params, batch: model.apply({"params": params["model"]}, batch["image"], method="encode"),
           task_losses=lambda params, features, task_state, batch, rng: losses_of_outputs(
               predict(params, features, method="decode"), task_state, batch))
-    task_gradients = TaskGradients(task_names=task_names, task_losses=task_losses,
-                                   shared=functools.partial(shared_mask, config), aggregator=aggregator,
-                                   representation=representation)
+    aggregation = GradientAggregation(task_names=task_names, task_losses=task_losses,
+                                      shared=functools.partial(shared_mask, config), aggregator=aggregator,
+                                      representation=representation)
   elif config.representation_gradients:
     raise ConfigError(f"config.representation_gradients applies to the gradient-level methods "
                       f"({', '.join(losses.AGGREGATOR_NAMES)}), not to config.weighting={config.weighting!r}.")
@@ -280,7 +418,18 @@ def build(config: ml_collections.ConfigDict) -> Task:
   else:
     data = dict(train_batch=None, train_loader=two_items.train_loader,
                 evaluate=_classification_evaluation(predict, two_items.test, config))
-  return Task(init=init, loss=loss, **data, write_figures=write_figures, task_gradients=task_gradients)
+  return Task(init=init, loss=loss, **data, write_figures=write_figures,
+              gradients=None if aggregation is None else aggregation.gradients)
+
+
+def logged_task_losses(task: Task, task_names: tuple[str, ...]):
+  """`(params, task_state, batch, rng) -> (losses (N,), (metrics, task_state))`: the unweighted losses of the
+  tasks `task_names` (`names_of_tasks`) that the `loss` of a task `build` made logs as `loss_<name>`, whatever
+  its method."""
+  def task_losses(params, task_state, batch, rng):
+    _, (metrics, task_state) = task.loss(params, task_state, batch, rng)
+    return jnp.stack([metrics[f"loss_{name}"] for name in task_names]), (metrics, task_state)
+  return task_losses
 
 
 def plot_weight_history(runs: list[tuple[str, list[dict[str, float]]]], task_names: tuple[str, ...],
@@ -288,7 +437,7 @@ def plot_weight_history(runs: list[tuple[str, list[dict[str, float]]]], task_nam
   """For each `(label, train records)`: each task's weight, normalised to sum to 1, and its loss over training.
 
   A gradient-level method's weights are those of the combination of the task gradients closest to its
-  update, as the loop logs them.
+  update, as `GradientAggregation.gradients` logs them.
   """
   plt = base.pyplot()
 

@@ -69,7 +69,7 @@ def assert_same_run(workdir, reference):
 
 
 # Procedural data replay from the step; the Airbus loader's Grain iterator resumes from its checkpointed state;
-# three_tasks trains with GradNorm, whose weights and initial losses are aggregator state.
+# three_tasks trains with GradNorm, whose weights and initial losses are its task state (the aggregator's).
 @pytest.mark.slow  # Minutes of CPU: run by .ci/run after the README's test command.
 @pytest.mark.parametrize("experiment", ["orientation", "airbus", "three_tasks"])
 def test_killed_preempted_and_damaged_runs_resume_to_the_uninterrupted_result(tmp_path, experiment):

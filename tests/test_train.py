@@ -125,11 +125,11 @@ def test_the_mean_method_moves_shared_parameters_by_the_mean_task_gradient(repre
   config.optimizer.update(dict(name="sgd", momentum=0.0, learning_rate=1.0, grad_clip_norm=0.0))
   training = train.build_training(config, jax.devices()[:1])
   state, batch = training.init(), training.next_batch(config.seed, 0)
-  multi = training.task.task_gradients
+  task_losses = tasks.multitask.logged_task_losses(training.task, tasks.multitask.names_of_tasks(config))
   params, task_state = jax.device_get((state.params, state.task_state))
-  jacobian = jax.jit(jax.jacrev(lambda p: multi.task_losses(p, task_state, batch, jax.random.key(0))[0]))(params)
+  jacobian = jax.jit(jax.jacrev(lambda p: task_losses(p, task_state, batch, jax.random.key(0))[0]))(params)
   expected = jax.tree.map(lambda value, rows, shared: value - (rows.mean(0) if shared else rows.sum(0)),
-                          params, jacobian, multi.shared(params))
+                          params, jacobian, tasks.multitask.shared_mask(config, params))
   stepped = jax.device_get(training.step(state, batch)[0].params)
   jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6), stepped, expected)
 
