@@ -29,6 +29,9 @@ accuracy and loss on the first `config.eval.num_examples` test canvases.
   `GradientAggregation`), aggregating the per-task gradients of the shared
   parameters (`config.shared_params`, the encoder's blocks); the aggregator's
   state is the task state.
+* The names both levels have ("mean", "sum", "constant", "random") are the
+  gradient-level methods; "scalarization.NAME" and "aggregation.NAME" choose
+  the level of any name.
 
 Held-out evaluation: the localization IoU (prediction = sigmoid > 0.5,
 intersection over union of each image's masks, averaged over images), the
@@ -211,14 +214,31 @@ def _sampler(config: ml_collections.ConfigDict, split: dict[str, jax.Array]):
   return sample
 
 
+# `config.weighting` may name its level: "aggregation.mean" or "scalarization.mean".
+GRADIENT_PREFIX, LOSS_PREFIX = "aggregation.", "scalarization."
+
+
+def method_of(config: ml_collections.ConfigDict) -> tuple[bool, str]:
+  """`(gradient_level, name)` of `config.weighting`. A bare name that both levels have ("mean", "sum",
+  "constant", "random": the same update d = Jᵀw either way, one backward pass at the loss level) is the
+  gradient-level one, as it always was; the prefixes "aggregation." and "scalarization." choose a level."""
+  weighting = config.weighting
+  if weighting.startswith(GRADIENT_PREFIX):
+    return True, weighting.removeprefix(GRADIENT_PREFIX)
+  if weighting.startswith(LOSS_PREFIX):
+    return False, weighting.removeprefix(LOSS_PREFIX)
+  return weighting in losses.AGGREGATOR_NAMES, weighting
+
+
 def weighting_from_config(config: ml_collections.ConfigDict) -> losses.LossWeighting:
   """`config.weighting` with its `config.weighting_options`; the preference vector ((α, 1 − α) or
   `config.fixed_weights`) and `config.seed` go to the methods that take `weights` or `seed`."""
+  _, name = method_of(config)
   preference = (config.alpha, 1.0 - config.alpha) if config.num_tasks == 2 else tuple(config.fixed_weights)
-  accepted = losses.scalarization.option_names(config.weighting)
-  shared = {name: value for name, value in dict(weights=preference, seed=config.seed).items() if name in accepted}
-  return losses.loss_weighting(config.weighting, num_tasks=config.num_tasks,
-                               **{**shared, **config.weighting_options.get(config.weighting, {})})
+  accepted = losses.scalarization.option_names(name)
+  shared = {option: value for option, value in dict(weights=preference, seed=config.seed).items()
+            if option in accepted}
+  return losses.loss_weighting(name, num_tasks=config.num_tasks, **{**shared, **config.weighting_options.get(name, {})})
 
 
 def shared_mask(config: ml_collections.ConfigDict, params) -> dict:
@@ -299,7 +319,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
     raise ConfigError(f"config.num_tasks must be 2 or 3, got {config.num_tasks}.")
   two_items = _two_items(config) if config.get("data_source") == "multi_fashion" else None
   task_names = names_of_tasks(config)
-  gradient_level = config.weighting in losses.AGGREGATOR_NAMES
+  gradient_level, method = method_of(config)
   weighting = None if gradient_level else weighting_from_config(config)
   if two_items is None:
     model = UNet(features=tuple(config.model.features), out_channels=1, num_classes=10,
@@ -364,8 +384,8 @@ def build(config: ml_collections.ConfigDict) -> Task:
           f"config.weighting={config.weighting!r} aggregates the gradients of the shared parameters: "
           f"config.shared_params must name some of the model's modules, got {tuple(config.shared_params)}"
           f"{f' (unknown: {sorted(unknown)})' if unknown else ''}.")
-    aggregator = losses.gradient_aggregator(config.weighting, seed=config.seed, num_tasks=config.num_tasks,
-                                            **config.aggregator_options.get(config.weighting, {}))
+    aggregator = losses.gradient_aggregator(method, seed=config.seed, num_tasks=config.num_tasks,
+                                            **config.aggregator_options.get(method, {}))
     representation = None
     if config.representation_gradients:
       encoder = encoder_module_names(len(config.model.features)) if two_items is None else lenet.ENCODER_MODULES
