@@ -19,16 +19,17 @@ use for them.
 
 Write J for the N × P matrix whose rows gᵢ are the flattened task gradients,
 G = JJᵀ for its Gramian and d for the update. Except for `graddrop`,
-`trimmed_mean` and `excess_mtl` (which read J itself), d = Jᵀw for weights w
-computed from G alone (N × N), so the work that grows with the number of
-parameters P is one Gramian and one weighted sum per leaf. The methods follow
+`trimmed_mean`, `excess_mtl`, `db_mtl` and `moco` (which read J itself),
+d = Jᵀw for weights w computed from G alone (N × N), so the work that grows
+with the number of parameters P is one Gramian and one weighted sum per leaf. The methods follow
 TorchJD 0.18 (`torchjd.aggregation`): its definitions, option names, defaults,
 normalisations and tie-breaking rules, cross-checked in
 tests/test_aggregation.py on float64 Jacobians; `gradnorm`, which TorchJD does
 not have, follows its paper. TorchJD's Gramian weightings that have no
 aggregator of their own there (`MoDoWeighting`, `SDMGradWeighting`,
 `CRMOGMWeighting`) are aggregators here too: `modo`, `sdmgrad` and `cr_mogm`,
-with d = Jᵀw.
+with d = Jᵀw. From LibMTL, beyond TorchJD: `db_mtl` and `moco`, as LibMTL
+computes them.
 
 Each function's docstring gives its math, its source, its numerical choices
 and the differences from TorchJD. What they share:
@@ -139,6 +140,23 @@ class ExcessMTLState(NamedTuple):
   squared_grad_sum: PyTree
   initial_excess: jax.Array
   warmup_excess_sum: jax.Array
+
+
+class DBMTLState(NamedTuple):
+  """The state of `db_mtl`: the updates so far and the buffers (EMA) of the log-loss gradients, the parameter
+  pytree with the task axis N."""
+
+  count: jax.Array
+  buffer: PyTree
+
+
+class MoCoState(NamedTuple):
+  """The state of `moco`: the updates so far, the weights λ (N,) and the tracked gradients y, the parameter
+  pytree with the task axis N."""
+
+  count: jax.Array
+  weights: jax.Array
+  tracking: PyTree
 
 
 class PCDState(NamedTuple):
@@ -551,6 +569,26 @@ def _gram(rows, others=None) -> jax.Array:
 
 def _increment(count: jax.Array) -> jax.Array:
   return jnp.where(count < jnp.iinfo(jnp.int32).max, count + 1, count)
+
+
+def _task_axis_zeros(params: PyTree, n: int, dtype) -> PyTree:
+  return jax.tree.map(lambda p: jnp.zeros((n, *jnp.shape(p)), dtype), params)
+
+
+def _rows_of(tree: PyTree, rows: list[jax.Array]) -> list[jax.Array]:
+  """The leaves of the task-axis pytree `tree` (a state field) shaped as `rows`."""
+  return [leaf.reshape(row.shape) for leaf, row in zip(jax.tree.leaves(tree), rows)]
+
+
+def _tree_of(rows: list[jax.Array], like: PyTree) -> PyTree:
+  """`rows` as a pytree with the structure and leaf shapes of `like`."""
+  return jax.tree.unflatten(jax.tree.structure(like), [row.reshape(leaf.shape)
+                                                       for row, leaf in zip(rows, jax.tree.leaves(like))])
+
+
+def _decayed(rate: float, sigma: float, count: jax.Array, dtype) -> jax.Array:
+  """rate / t^sigma at the t-th update (t = `count` ≥ 1), LibMTL's decaying step sizes."""
+  return rate / count.astype(dtype) ** sigma
 
 
 def _float_dtype(leaves) -> Any:
@@ -1314,12 +1352,11 @@ def excess_mtl(*, robust_step_size: float = 1.0, n_warmup_steps: int = 0,
   warmup = _common.check_int(n_warmup_steps, "n_warmup_steps", minimum=0)
 
   def init(params, dtype):
-    zeros = jax.tree.map(lambda p: jnp.zeros((n, *jnp.shape(p)), dtype), params)
-    return ExcessMTLState(jnp.zeros((), jnp.int32), jnp.full((n,), 1.0 / n, dtype), zeros, jnp.zeros(n, dtype),
-                          jnp.zeros(n, dtype))
+    return ExcessMTLState(jnp.zeros((), jnp.int32), jnp.full((n,), 1.0 / n, dtype),
+                          _task_axis_zeros(params, n, dtype), jnp.zeros(n, dtype), jnp.zeros(n, dtype))
 
   def combine(rows, state, task_losses, extra_args):
-    sums = [total.reshape(row.shape) + row ** 2 for total, row in zip(jax.tree.leaves(state.squared_grad_sum), rows)]
+    sums = [total + row ** 2 for total, row in zip(_rows_of(state.squared_grad_sum, rows), rows)]
     excess = _total([jnp.sum(row ** 2 / jnp.sqrt(total + 1e-7), axis=1) for row, total in zip(rows, sums)])
     in_warmup = state.count < warmup
     first = state.count == warmup
@@ -1332,9 +1369,8 @@ def excess_mtl(*, robust_step_size: float = 1.0, n_warmup_steps: int = 0,
       scaled = jnp.where(first, excess, excess / (initial + 1e-7))
     stepped = jax.nn.softmax(jnp.log(state.weights) + step * scaled)
     weights = jnp.where(in_warmup, state.weights, stepped)
-    new_sums = jax.tree.unflatten(jax.tree.structure(state.squared_grad_sum),
-                                  [s.reshape(t.shape) for s, t in zip(sums, jax.tree.leaves(state.squared_grad_sum))])
-    new_state = ExcessMTLState(_increment(state.count), weights, new_sums, initial, warmup_sum)
+    new_state = ExcessMTLState(_increment(state.count), weights, _tree_of(sums, state.squared_grad_sum), initial,
+                               warmup_sum)
     return [jnp.matmul(weights, row, precision=_HIGHEST) for row in rows], new_state
 
   return _transformation(combine, init, n)
@@ -1528,7 +1564,7 @@ def cr_mogm(weighting: "str | optax.GradientTransformationExtraArgs" = "mgda", *
   inner = getattr(weighting.update, "weighting", None)
   if inner is None:
     raise ValueError("`weighting` must be an aggregator of losses.aggregation whose update is Jᵀw (not graddrop, "
-                     "trimmed_mean or excess_mtl).")
+                     "trimmed_mean, excess_mtl, db_mtl or moco).")
 
   def init(dtype):
     return CRMOGMState(jnp.zeros((), jnp.int32), _preference(vector, n, dtype, 0.0), inner.init(dtype))
@@ -1542,6 +1578,109 @@ def cr_mogm(weighting: "str | optax.GradientTransformationExtraArgs" = "mgda", *
   return _weighted(_Weighting(init, weigh), n)
 
 
+def db_mtl(*, beta: float = 0.9, beta_sigma: float = 0.0, num_tasks: int | None = None) -> Transformation:
+  """DB-MTL: balance the loss scales by taking the gradients of log Lᵢ, keep an EMA mᵢ of them, then balance
+  the gradient magnitudes by scaling every mᵢ to the largest norm, d = Σᵢ (maxⱼ‖mⱼ‖ / ‖mᵢ‖) mᵢ.
+
+  Source: Lin et al., "Dual-Balancing for Multi-Task Learning", 2023 (arXiv:2308.12029), as LibMTL's `DB_MTL`
+  computes it (TorchJD has no DB-MTL): the log-loss gradient is gᵢ/(Lᵢ + 1e-8), the EMA is
+  mᵢ ← βₜmᵢ + (1 − βₜ)gᵢ/(Lᵢ + 1e-8) with βₜ = β/t^σ from mᵢ = 0 (t the update, from 1; with σ = 0 the first
+  update's mᵢ is (1 − β) times its gradient), and ‖mᵢ‖ gets 1e-8 in the denominator. The option names and
+  defaults are LibMTL's (`DB_beta`, `DB_beta_sigma`). It reads J itself: the buffers have the parameters'
+  shape with a task axis (memory N times the shared parameters). No solver.
+
+  Args:
+    beta: β in [0, 1], the EMA's weight of the past.
+    beta_sigma: σ ≥ 0, the decay of β over the updates.
+    num_tasks: the number of tasks N (required: the buffers have a task axis).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with a `DBMTLState`; its `update` needs `task_losses=` (N,).
+
+  Examples:
+    >>> import jax.numpy as jnp, losses
+    >>> aggregator = losses.aggregation.db_mtl(num_tasks=2, beta=0.0)
+    >>> jacobian, task_losses = jnp.array([[1.0, 0.0], [0.0, 4.0]]), jnp.array([1.0, 2.0])
+    >>> update, _ = aggregator.update(jacobian, aggregator.init(jnp.zeros(2)), task_losses=task_losses)
+    >>> print([round(x, 4) for x in update.tolist()])  # m = (1, 0), (0, 2): both scaled to the norm 2.
+    [2.0, 2.0]
+  """
+  n = _num_tasks(num_tasks, "db_mtl", required=True)
+  beta, beta_sigma = _float(beta, "beta", maximum=1.0), _float(beta_sigma, "beta_sigma")
+
+  def init(params, dtype):
+    return DBMTLState(jnp.zeros((), jnp.int32), _task_axis_zeros(params, n, dtype))
+
+  def combine(rows, state, task_losses, extra_args):
+    task_losses = _task_losses(task_losses, n, rows[0].dtype, "db_mtl")
+    count = _increment(state.count)
+    decay = _decayed(beta, beta_sigma, count, rows[0].dtype)
+    buffers = [decay * buffer + (1.0 - decay) * row / (task_losses[:, None] + 1e-8)
+               for buffer, row in zip(_rows_of(state.buffer, rows), rows)]
+    norms = jnp.sqrt(_total([jnp.sum(buffer ** 2, axis=1) for buffer in buffers]))
+    scales = jnp.max(norms) / (norms + 1e-8)
+    return ([jnp.matmul(scales, buffer, precision=_HIGHEST) for buffer in buffers],
+            DBMTLState(count, _tree_of(buffers, state.buffer)))
+
+  return _transformation(combine, init, n)
+
+
+def moco(*, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1, gamma_sigma: float = 0.5,
+         rho: float = 0.0, num_tasks: int | None = None) -> Transformation:
+  """MoCo: track each task's gradient with a moving average yᵢ, step the weights λ on the min-norm objective of
+  the tracked gradients, λ ← softmax(λ − γₜ(YYᵀ + ρI)λ), and return d = Yᵀλ.
+
+  Source: Fernando et al., "Mitigating Gradient Bias in Multi-objective Learning: A Provably Convergent
+  Approach", ICLR 2023, as LibMTL's `MoCo` computes it (TorchJD has no MoCo): the tracked quantity is the
+  gradient rescaled to its loss, ĝᵢ = Lᵢgᵢ/(‖gᵢ‖ + 1e-8); yᵢ ← yᵢ − βₜ(yᵢ − ĝᵢ) from yᵢ = 0 with
+  βₜ = β/t^σ_β; λ starts at 1/N, and the softmax keeps it on the simplex where the paper projects
+  (t the update, from 1; γₜ = γ/t^σ_γ). The option names and defaults are LibMTL's (`MoCo_beta`,
+  `MoCo_beta_sigma`, `MoCo_gamma`, `MoCo_gamma_sigma`, `MoCo_rho`). It reads J itself: Y has the
+  parameters' shape with a task axis (memory N times the shared parameters). No solver.
+
+  Args:
+    beta: β in [0, 1], the tracking step.
+    beta_sigma: σ_β ≥ 0, its decay over the updates.
+    gamma: γ ≥ 0, the step of λ.
+    gamma_sigma: σ_γ ≥ 0, its decay over the updates.
+    rho: ρ ≥ 0, the ℓ₂ regularisation of λ's objective.
+    num_tasks: the number of tasks N (required: Y and λ are kept).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with a `MoCoState`; its `update` needs `task_losses=` (N,).
+
+  Examples:
+    >>> import jax.numpy as jnp, losses
+    >>> aggregator = losses.aggregation.moco(num_tasks=2, beta=1.0, gamma=0.0)
+    >>> jacobian, task_losses = jnp.array([[3.0, 0.0], [0.0, 4.0]]), jnp.array([1.0, 2.0])
+    >>> update, _ = aggregator.update(jacobian, aggregator.init(jnp.zeros(2)), task_losses=task_losses)
+    >>> print([round(x, 4) for x in update.tolist()])  # Y = (1, 0), (0, 2) and λ = softmax(½, ½) = (½, ½).
+    [0.5, 1.0]
+  """
+  n = _num_tasks(num_tasks, "moco", required=True)
+  beta, beta_sigma = _float(beta, "beta", maximum=1.0), _float(beta_sigma, "beta_sigma")
+  gamma, gamma_sigma, rho = _float(gamma, "gamma"), _float(gamma_sigma, "gamma_sigma"), _float(rho, "rho")
+
+  def init(params, dtype):
+    return MoCoState(jnp.zeros((), jnp.int32), jnp.full((n,), 1.0 / n, dtype), _task_axis_zeros(params, n, dtype))
+
+  def combine(rows, state, task_losses, extra_args):
+    dtype = rows[0].dtype
+    task_losses = _task_losses(task_losses, n, dtype, "moco")
+    count = _increment(state.count)
+    norms = jnp.sqrt(jnp.maximum(jnp.diag(_gram(rows)), 0.0))
+    scales = task_losses / (norms + 1e-8)
+    step = _decayed(beta, beta_sigma, count, dtype)
+    tracking = [y - step * (y - scales[:, None] * row) for y, row in zip(_rows_of(state.tracking, rows), rows)]
+    objective = _gram(tracking) + rho * jnp.eye(n, dtype=dtype)
+    weights = jax.nn.softmax(state.weights - _decayed(gamma, gamma_sigma, count, dtype)
+                             * jnp.matmul(objective, state.weights, precision=_HIGHEST))
+    return ([jnp.matmul(weights, y, precision=_HIGHEST) for y in tracking],
+            MoCoState(count, weights, _tree_of(tracking, state.tracking)))
+
+  return _transformation(combine, init, n)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # By name.
 
@@ -1550,7 +1689,7 @@ _FACTORIES: dict[str, Callable[..., Any]] = {
     "dualproj": dualproj, "pcgrad": pcgrad, "gradvac": gradvac, "cagrad": cagrad, "nash_mtl": nash_mtl,
     "imtl_g": imtl_g, "aligned_mtl": aligned_mtl, "graddrop": graddrop, "config": config, "krum": krum,
     "trimmed_mean": trimmed_mean, "fairgrad": fairgrad, "excess_mtl": excess_mtl, "pcd": pcd, "modo": modo,
-    "sdmgrad": sdmgrad, "cr_mogm": cr_mogm, "gradnorm": gradnorm,
+    "sdmgrad": sdmgrad, "cr_mogm": cr_mogm, "gradnorm": gradnorm, "db_mtl": db_mtl, "moco": moco,
 }
 AGGREGATOR_NAMES = tuple(_FACTORIES)
 

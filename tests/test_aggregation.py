@@ -880,3 +880,88 @@ def test_cr_mogm_is_the_ema_of_the_wrapped_weights(x64):
   np.testing.assert_allclose(updates[1], smoothed @ second, rtol=1e-9)
   with pytest.raises(ValueError, match="whose update is Jᵀw"):
     losses.aggregation.cr_mogm(losses.aggregation.graddrop(), num_tasks=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# From LibMTL beyond TorchJD: DB-MTL and MoCo. LibMTL's last release on PyPI (1.1.5) predates both, so the
+# reference is their update rule as LibMTL's repository states it, written out below in float64 NumPy.
+
+
+def _libmtl_db_mtl(jacobians, task_losses, beta, beta_sigma):
+  buffer = np.zeros_like(jacobians[0])
+  for t, (jacobian, values) in enumerate(zip(jacobians, task_losses), start=1):
+    log_grads = jacobian / (values[:, None] + 1e-8)  # ∇ log(Lᵢ + 1e-8).
+    buffer = log_grads + beta / t ** beta_sigma * (buffer - log_grads)
+    norms = np.linalg.norm(buffer, axis=1)
+    update = sum(norms.max() / (norms[i] + 1e-8) * buffer[i] for i in range(len(norms)))
+  return update, buffer
+
+
+def _libmtl_moco(jacobians, task_losses, beta, beta_sigma, gamma, gamma_sigma, rho):
+  n = jacobians[0].shape[0]
+  tracking, weights = np.zeros_like(jacobians[0]), np.full(n, 1.0 / n)
+  for t, (jacobian, values) in enumerate(zip(jacobians, task_losses), start=1):
+    rescaled = jacobian / (np.linalg.norm(jacobian, axis=1, keepdims=True) + 1e-8) * values[:, None]
+    tracking = tracking - beta / t ** beta_sigma * (tracking - rescaled)
+    logits = weights - gamma / t ** gamma_sigma * (tracking @ tracking.T + rho * np.eye(n)) @ weights
+    weights = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+  return tracking.T @ weights, weights, tracking
+
+
+@pytest.mark.parametrize("options", [{}, {"beta": 0.5, "beta_sigma": 0.5}])
+def test_db_mtl_follows_libmtl_update_rule_over_steps(options, x64):
+  del x64
+  jacobians = _steps(N_TASKS, P, seed=3)
+  task_losses = [np.linspace(0.5, 3.0, N_TASKS) * (1.0 - 0.2 * step) for step in range(len(jacobians))]
+  aggregator = losses.aggregation.db_mtl(num_tasks=N_TASKS, **options)
+  state = aggregator.init(jnp.zeros(P))
+  for jacobian, values in zip(jacobians, task_losses):
+    update, state = aggregator.update(jnp.asarray(jacobian), state, task_losses=jnp.asarray(values))
+  expected, buffer = _libmtl_db_mtl(jacobians, task_losses, options.get("beta", 0.9), options.get("beta_sigma", 0.0))
+  np.testing.assert_allclose(update, expected, rtol=1e-12)
+  np.testing.assert_allclose(state.buffer, buffer, rtol=1e-12)
+
+
+def test_db_mtl_is_blind_to_the_scale_of_each_loss(x64):
+  """Task i's loss times cᵢ scales its gradient by cᵢ too: the log-loss gradients, so the update, stay the same."""
+  del x64
+  jacobians = _steps(N_TASKS, P, seed=5)
+  task_losses = [np.linspace(0.5, 3.0, N_TASKS) * (1.0 - 0.2 * step) for step in range(len(jacobians))]
+  scales = np.array([0.1, 1.0, 10.0, 1e3])
+  plain, _ = _run(losses.aggregation.db_mtl(num_tasks=N_TASKS), jacobians, task_losses=jnp.asarray(task_losses[0]))
+  rescaled, _ = _run(losses.aggregation.db_mtl(num_tasks=N_TASKS), [scales[:, None] * j for j in jacobians],
+                     task_losses=jnp.asarray(scales * task_losses[0]))
+  np.testing.assert_allclose(rescaled[-1], plain[-1], rtol=1e-6)  # To the 1e-8 added to each loss.
+
+
+@pytest.mark.parametrize("options", [{}, {"beta": 0.9, "gamma": 0.5, "gamma_sigma": 0.0, "rho": 0.1}])
+def test_moco_follows_libmtl_update_rule_over_steps(options, x64):
+  del x64
+  jacobians = _steps(N_TASKS, P, seed=4)
+  task_losses = [np.linspace(0.5, 3.0, N_TASKS) * (1.0 - 0.2 * step) for step in range(len(jacobians))]
+  aggregator = losses.aggregation.moco(num_tasks=N_TASKS, **options)
+  state = aggregator.init(jnp.zeros(P))
+  for jacobian, values in zip(jacobians, task_losses):
+    update, state = aggregator.update(jnp.asarray(jacobian), state, task_losses=jnp.asarray(values))
+  defaults = dict(beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rho=0.0)
+  expected, weights, tracking = _libmtl_moco(jacobians, task_losses, **{**defaults, **options})
+  np.testing.assert_allclose(update, expected, rtol=1e-12)
+  np.testing.assert_allclose(state.weights, weights, rtol=1e-12)
+  np.testing.assert_allclose(state.tracking, tracking, rtol=1e-12)
+  assert (weights > 0).all() and weights.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_moco_tracks_the_loss_scaled_unit_gradients(x64):
+  """With the same Jacobian at every update, y converges to ĝᵢ = Lᵢgᵢ/‖gᵢ‖ (its step βₜ = β/√t sums to ∞)."""
+  del x64
+  jacobian, values = BATCH[1], np.linspace(1.0, 2.0, N_TASKS)
+  aggregator = losses.aggregation.moco(num_tasks=N_TASKS)
+
+  @jax.jit
+  def run(state):
+    step = lambda s, _: (aggregator.update(jnp.asarray(jacobian), s, task_losses=jnp.asarray(values))[1], None)
+    return jax.lax.scan(step, state, None, length=2000)[0]
+
+  state = run(aggregator.init(jnp.zeros(P)))
+  target = jacobian / np.linalg.norm(jacobian, axis=1, keepdims=True) * values[:, None]
+  np.testing.assert_allclose(state.tracking, target, atol=1e-6 * np.abs(target).max())
