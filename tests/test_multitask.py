@@ -4,6 +4,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -13,6 +14,8 @@ from conftest import reference_package
 import losses
 from losses.scalarization import BalancedWeightsParams
 from losses.scalarization import Empty
+from scripts import compare_multitask
+from tasks import multitask
 
 
 def test_trainable_alpha_value_and_gradients_match_the_formulas():
@@ -319,3 +322,23 @@ def test_new_weightings_check_their_inputs(name):
     losses.loss_weighting("famo", num_tasks=2, lr=-1.0)
   with pytest.raises(ValueError, match="`weight_decay` must be >= 0"):
     losses.loss_weighting("famo", num_tasks=2, weight_decay=-1.0)
+
+
+def test_against_front_places_methods_beyond_on_and_behind_the_fixed_weight_front():
+  def runs(a, b, spread=0.002):
+    return [{"accuracy_top_left": a + d, "accuracy_bottom_right": b - d} for d in (-spread, 0.0, spread)]
+
+  # The front: the segment from (0.6, 0.8) to (0.8, 0.6) through α = 0, 0.5, 1.
+  per_seed = {"fixed α = 0.0": runs(0.6, 0.8), "fixed α = 0.5": runs(0.7, 0.7), "fixed α = 1.0": runs(0.8, 0.6),
+              "beyond": runs(0.73, 0.73), "on": runs(0.70, 0.701), "behind": runs(0.66, 0.66)}
+  report = compare_multitask.against_front(per_seed, ["accuracy_top_left", "accuracy_bottom_right"])
+  assert "| beyond | -0.0300 |" in report and "| behind | +0.0400 |" in report
+  assert "Beyond the front (1): beyond." in report and "Behind the front (1): behind." in report
+  assert "On the front (1): on." in report
+
+
+@pytest.mark.parametrize("weighting, expected", [
+    ("mean", (True, "mean")), ("scalarization.mean", (False, "mean")), ("aggregation.random", (True, "random")),
+    ("upgrad", (True, "upgrad")), ("dwa", (False, "dwa")), ("scalarization.rlw", (False, "rlw"))])
+def test_a_prefix_chooses_the_level_of_a_name_both_levels_have(weighting, expected):
+  assert multitask.method_of(ml_collections.ConfigDict(dict(weighting=weighting))) == expected
