@@ -184,25 +184,34 @@ def against_front(per_seed: dict[str, list[dict[str, float]]], metrics: list[str
 
 def plot_front(per_seed: dict[str, list[dict[str, float]]], metrics: list[str], titles: list[str], path: str):
   """Task-1 against task-2 accuracy: the fixed-weight front as a line, each method as its mean with its seed
-  standard deviation as error bars; the loss-level methods on the left, the gradient-level ones on the right."""
+  standard deviation as error bars; the loss-level methods on the left, the gradient-level ones on the right.
+  The view is the methods' region: the sweep's ends (α = 0 or 1, one task untrained) lie outside it."""
   plt = base.pyplot()
   fixed, means, _ = _front(per_seed, metrics)
   stds = np.array([[np.std([r[m] for r in per_seed[label]], ddof=1) for m in metrics] for label in fixed])
   others = [label for label in per_seed if label not in fixed]
   panels = (("loss level", [label for label in others if label.startswith(multitask.LOSS_PREFIX)]),
             ("gradient level", [label for label in others if not label.startswith(multitask.LOSS_PREFIX)]))
-  figure, axes = plt.subplots(1, 2, figsize=(13, 6), sharex=True, sharey=True)
+  inner = means[1:-1]
+  points = np.concatenate([inner, [[np.mean([r[m] for r in per_seed[label]]) for m in metrics] for label in others]])
+  low, high = points.min(axis=0), points.max(axis=0)
+  margin = 0.08 * (high - low)
+  markers = "osD^v<>PX*"
+  figure, axes = plt.subplots(1, 2, figsize=(14, 6.5), sharex=True, sharey=True)
   for axis, (title, labels) in zip(axes, panels):
     axis.errorbar(means[:, 0], means[:, 1], xerr=stds[:, 0], yerr=stds[:, 1], color="black", marker="s",
-                  markersize=3, linewidth=1, label="fixed weights α = 0, 0.1, …, 1")
-    for label in labels:
+                  markersize=3, linewidth=1, label="fixed weights (α on each point)")
+    for label, (x, y) in zip(fixed, means):
+      axis.annotate(f"{_alpha(label):g}", (x, y), fontsize=7, xytext=(-12, -10), textcoords="offset points")
+    for index, label in enumerate(labels):
       values = np.array([[r[m] for m in metrics] for r in per_seed[label]])
       mean, std = values.mean(axis=0), values.std(axis=0, ddof=1)
-      axis.errorbar(mean[0], mean[1], xerr=std[0], yerr=std[1], marker="o", markersize=4, linewidth=0.8)
-      axis.annotate(label.removeprefix(multitask.LOSS_PREFIX), mean, fontsize=6, xytext=(3, 3),
-                    textcoords="offset points")
-    axis.set(xlabel=titles[0], ylabel=titles[1], title=f"{title} methods against the fixed-weight front")
-    axis.legend(fontsize=7, loc="lower left")
+      axis.errorbar(mean[0], mean[1], xerr=std[0], yerr=std[1], marker=markers[index % len(markers)],
+                    color=f"C{index % 10}", markersize=5, linewidth=0.8,
+                    label=label.removeprefix(multitask.LOSS_PREFIX))
+    axis.set(xlabel=titles[0], ylabel=titles[1], xlim=(low[0] - margin[0], high[0] + margin[0]),
+             ylim=(low[1] - margin[1], high[1] + margin[1]), title=f"{title} methods against the fixed-weight front")
+    axis.legend(fontsize=7, loc="lower left", ncol=2)
   figure.tight_layout()
   figure.savefig(path, dpi=90)
   plt.close(figure)
