@@ -185,35 +185,40 @@ def against_front(per_seed: dict[str, list[dict[str, float]]], metrics: list[str
 def plot_front(per_seed: dict[str, list[dict[str, float]]], metrics: list[str], titles: list[str], path: str):
   """Task-1 against task-2 accuracy: the fixed-weight front as a line, each method as its mean with its seed
   standard deviation as error bars; the loss-level methods on the left, the gradient-level ones on the right.
-  The view is the methods' region: the sweep's ends (α = 0 or 1, one task untrained) lie outside it."""
+  The top row shows every method (the sweep's ends, α = 0 or 1 with one task untrained, lie outside it), the
+  bottom row zooms on the front between α = 0.4 and 0.6, where most methods land."""
   plt = base.pyplot()
   fixed, means, _ = _front(per_seed, metrics)
   stds = np.array([[np.std([r[m] for r in per_seed[label]], ddof=1) for m in metrics] for label in fixed])
   others = [label for label in per_seed if label not in fixed]
   panels = (("loss level", [label for label in others if label.startswith(multitask.LOSS_PREFIX)]),
             ("gradient level", [label for label in others if not label.startswith(multitask.LOSS_PREFIX)]))
-  inner = means[1:-1]
-  points = np.concatenate([inner, [[np.mean([r[m] for r in per_seed[label]]) for m in metrics] for label in others]])
-  low, high = points.min(axis=0), points.max(axis=0)
-  margin = 0.08 * (high - low)
+  method_means = {label: np.mean([[r[m] for m in metrics] for r in per_seed[label]], axis=0) for label in others}
+  everything = np.concatenate([means[1:-1], list(method_means.values())])
+  middle = means[[index for index, label in enumerate(fixed) if 0.4 <= _alpha(label) <= 0.6]]
+  views = [(everything.min(axis=0), everything.max(axis=0)), (middle.min(axis=0), middle.max(axis=0))]
   markers = "osD^v<>PX*"
-  figure, axes = plt.subplots(1, 2, figsize=(14, 6.5), sharex=True, sharey=True)
-  for axis, (title, labels) in zip(axes, panels):
-    axis.errorbar(means[:, 0], means[:, 1], xerr=stds[:, 0], yerr=stds[:, 1], color="black", marker="s",
-                  markersize=3, linewidth=1, label="fixed weights (α on each point)")
-    for label, (x, y) in zip(fixed, means):
-      axis.annotate(f"{_alpha(label):g}", (x, y), fontsize=7, xytext=(-12, -10), textcoords="offset points")
-    for index, label in enumerate(labels):
-      values = np.array([[r[m] for m in metrics] for r in per_seed[label]])
-      mean, std = values.mean(axis=0), values.std(axis=0, ddof=1)
-      axis.errorbar(mean[0], mean[1], xerr=std[0], yerr=std[1], marker=markers[index % len(markers)],
-                    color=f"C{index % 10}", markersize=5, linewidth=0.8,
-                    label=label.removeprefix(multitask.LOSS_PREFIX))
-    axis.set(xlabel=titles[0], ylabel=titles[1], xlim=(low[0] - margin[0], high[0] + margin[0]),
-             ylim=(low[1] - margin[1], high[1] + margin[1]), title=f"{title} methods against the fixed-weight front")
-    axis.legend(fontsize=7, loc="lower left", ncol=2)
+  figure, axes = plt.subplots(2, 2, figsize=(14, 13))
+  for row, (low, high) in enumerate(views):
+    margin = 0.08 * (high - low)
+    for axis, (title, labels) in zip(axes[row], panels):
+      axis.errorbar(means[:, 0], means[:, 1], xerr=stds[:, 0], yerr=stds[:, 1], color="black", marker="s",
+                    markersize=3, linewidth=1, label="fixed weights (α on each point)")
+      for label, (x, y) in zip(fixed, means):
+        axis.annotate(f"{_alpha(label):g}", (x, y), fontsize=7, xytext=(-12, -10), textcoords="offset points")
+      for index, label in enumerate(labels):
+        std = np.std([[r[m] for m in metrics] for r in per_seed[label]], axis=0, ddof=1)
+        axis.errorbar(*method_means[label], xerr=std[0], yerr=std[1], marker=markers[index // 10 % len(markers)],
+                      color=f"C{index % 10}", markersize=5, linewidth=0.8,
+                      label=label.removeprefix(multitask.LOSS_PREFIX))
+      axis.set(xlabel=titles[0], ylabel=titles[1], xlim=(low[0] - margin[0], high[0] + margin[0]),
+               ylim=(low[1] - margin[1], high[1] + margin[1]),
+               title=f"{title} methods against the fixed-weight front" + (", around α = 0.5" if row else ""))
+    if row == 0:
+      for axis in axes[row]:
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4)
   figure.tight_layout()
-  figure.savefig(path, dpi=90)
+  figure.savefig(path, dpi=80)
   plt.close(figure)
 
 
