@@ -63,12 +63,14 @@ from data import kaggle
 from data import ships
 import losses
 from models import UNet
+import rundir
 from tasks import base
 from tasks.base import ConfigError
 from tasks.base import Task
 
 METHODS = ("semi_conv", "semi_conv_eq5", "discriminative", "spatial")
 POOLED_THRESHOLDS = (0.5, 0.75, 0.9)  # The IoU thresholds of StarDist's pooled AP that DSB2018 runs report.
+FIGURE_IMAGES = 6  # Held-out images in a run's figure.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +238,7 @@ def build(config: ml_collections.ConfigDict) -> Task:
                                       max_instances=config.eval.max_instances))
   counts = jax.jit(functools.partial(losses.matching_counts, thresholds=POOLED_THRESHOLDS,
                                      max_instances=config.eval.max_instances))
-  data = {"synthetic": _synthetic, "airbus": _airbus, "dsb2018": _dsb2018}[config.data_source](config)
+  data = _data(config)
 
   def held_out(params):
     """`(images, true labels, [each name's predicted labels])` per evaluation batch, labels at the scoring size."""
@@ -271,17 +273,44 @@ def build(config: ml_collections.ConfigDict) -> Task:
 
   def write_figures(params, task_state, workdir):
     del task_state
-    rows = []  # (image, true labels, predictions) of the first 6 held-out images, at their scoring size.
-    for images, true_labels, predictions in held_out(params):
-      displayed = data.display(images, true_labels.shape[1:])
-      rows += [(displayed[i], true_labels[i], [p[i] for p in predictions]) for i in range(len(images))]
-      if len(rows) >= 6:
-        break
-    draw = functools.partial(_plot_instances, rows[:6], data.describe(len(rows[:6])), names)
+    rows = _first_rows(data, held_out(params), FIGURE_IMAGES)
+    draw = functools.partial(_plot_instances, rows, data.describe(len(rows)), names)
     return base.write_figure(workdir, "instances.png", draw)
 
   return Task(init=init, train_batch=data.train_batch, train_loader=data.train_loader, loss=loss,
               evaluate=evaluate, write_figures=write_figures)
+
+
+def _first_rows(data: "_Data", batches, count: int) -> list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]:
+  """`(displayed image, true labels, [predicted labels])` of the first `count` held-out images, from
+  `batches` of `(images, true labels, [predictions])` at the scoring size."""
+  rows = []
+  for images, true_labels, predictions in batches:
+    displayed = data.display(images, true_labels.shape[1:])
+    rows += [(displayed[i], true_labels[i], [p[i] for p in predictions]) for i in range(len(images))]
+    if len(rows) >= count:
+      break
+  return rows[:count]
+
+
+def plot_runs(runs: list[tuple[str, str]], path: str, *, num_images: int = FIGURE_IMAGES) -> None:
+  """One figure of several runs on the same held-out images: each image, its true instances and the
+  instances of each run's method, titled by the run's label.
+
+  `runs` are `(label, workdir)` of finished runs of one data source; the held-out set is the first run's
+  (`config.data_dir` as it recorded it), and each run's newest checkpoint is read.
+  """
+  configs = [rundir.read_config(workdir) for _, workdir in runs]
+  data = _data(configs[0])
+  models = [(segmenter(config), rundir.latest_params(workdir)[1]) for config, (_, workdir) in zip(configs, runs)]
+
+  def batches():
+    for images, true_labels in data.evaluation_batches():
+      yield images, true_labels, [data.at_scoring_size(segment(params, images), true_labels.shape[1:])
+                                  for segment, params in models]
+
+  rows = _first_rows(data, batches(), num_images)
+  _plot_instances(rows, data.describe(len(rows)), [label for label, _ in runs], path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,6 +335,10 @@ class _Data:
   splits: dict[str, np.ndarray]
   display: Callable
   describe: Callable[[int], list[str]]
+
+
+def _data(config: ml_collections.ConfigDict) -> _Data:
+  return {"synthetic": _synthetic, "airbus": _airbus, "dsb2018": _dsb2018}[config.data_source](config)
 
 
 def _synthetic(config: ml_collections.ConfigDict) -> _Data:

@@ -202,6 +202,11 @@ def test_the_layout_trains_evaluates_whole_images_at_their_size_and_submits(layo
     rows = kaggle.submission_rows(image_id, expected[image_id])
     np.testing.assert_array_equal(dsb2018.labels_from_csv([e for _, e in rows], shape)[0], expected[image_id])
 
+  # The figure of several runs on the same held-out images (scripts/plot_instances.py) reads the run back.
+  figure = tmp_path / "runs.png"
+  instances.plot_runs([("a", str(workdir)), ("b", str(workdir))], str(figure), num_images=1)
+  assert figure.stat().st_size > 0
+
 
 def _test_ids(config):
   modality_of = {image_id: kind for image_id, _, kind, _ in IMAGES}
