@@ -908,15 +908,21 @@ def _libmtl_moco(jacobians, task_losses, beta, beta_sigma, gamma, gamma_sigma, r
   return tracking.T @ weights, weights, tracking
 
 
-@pytest.mark.parametrize("options", [{}, {"beta": 0.5, "beta_sigma": 0.5}])
-def test_db_mtl_follows_libmtl_update_rule_over_steps(options, x64):
-  del x64
-  jacobians = _steps(N_TASKS, P, seed=3)
+def _over_steps(aggregator, seed: int):
+  """Three related (N, P) Jacobians (`_steps`) with falling task losses through `aggregator`, one update each:
+  the Jacobians, the losses, the last update and the final state."""
+  jacobians = _steps(N_TASKS, P, seed=seed)
   task_losses = [np.linspace(0.5, 3.0, N_TASKS) * (1.0 - 0.2 * step) for step in range(len(jacobians))]
-  aggregator = losses.aggregation.db_mtl(num_tasks=N_TASKS, **options)
   state = aggregator.init(jnp.zeros(P))
   for jacobian, values in zip(jacobians, task_losses):
     update, state = aggregator.update(jnp.asarray(jacobian), state, task_losses=jnp.asarray(values))
+  return jacobians, task_losses, np.asarray(update), state
+
+
+@pytest.mark.parametrize("options", [{}, {"beta": 0.5, "beta_sigma": 0.5}])
+def test_db_mtl_follows_libmtl_update_rule_over_steps(options, x64):
+  del x64
+  jacobians, task_losses, update, state = _over_steps(losses.aggregation.db_mtl(num_tasks=N_TASKS, **options), 3)
   expected, buffer = _libmtl_db_mtl(jacobians, task_losses, options.get("beta", 0.9), options.get("beta_sigma", 0.0))
   np.testing.assert_allclose(update, expected, rtol=1e-12)
   np.testing.assert_allclose(state.buffer, buffer, rtol=1e-12)
@@ -925,24 +931,18 @@ def test_db_mtl_follows_libmtl_update_rule_over_steps(options, x64):
 def test_db_mtl_is_blind_to_the_scale_of_each_loss(x64):
   """Task i's loss times cᵢ scales its gradient by cᵢ too: the log-loss gradients, so the update, stay the same."""
   del x64
-  jacobians = _steps(N_TASKS, P, seed=5)
-  task_losses = [np.linspace(0.5, 3.0, N_TASKS) * (1.0 - 0.2 * step) for step in range(len(jacobians))]
+  jacobians, task_losses = _steps(N_TASKS, P, seed=5), np.linspace(0.5, 3.0, N_TASKS)
   scales = np.array([0.1, 1.0, 10.0, 1e3])
-  plain, _ = _run(losses.aggregation.db_mtl(num_tasks=N_TASKS), jacobians, task_losses=jnp.asarray(task_losses[0]))
+  plain, _ = _run(losses.aggregation.db_mtl(num_tasks=N_TASKS), jacobians, task_losses=jnp.asarray(task_losses))
   rescaled, _ = _run(losses.aggregation.db_mtl(num_tasks=N_TASKS), [scales[:, None] * j for j in jacobians],
-                     task_losses=jnp.asarray(scales * task_losses[0]))
+                     task_losses=jnp.asarray(scales * task_losses))
   np.testing.assert_allclose(rescaled[-1], plain[-1], rtol=1e-6)  # To the 1e-8 added to each loss.
 
 
 @pytest.mark.parametrize("options", [{}, {"beta": 0.9, "gamma": 0.5, "gamma_sigma": 0.0, "rho": 0.1}])
 def test_moco_follows_libmtl_update_rule_over_steps(options, x64):
   del x64
-  jacobians = _steps(N_TASKS, P, seed=4)
-  task_losses = [np.linspace(0.5, 3.0, N_TASKS) * (1.0 - 0.2 * step) for step in range(len(jacobians))]
-  aggregator = losses.aggregation.moco(num_tasks=N_TASKS, **options)
-  state = aggregator.init(jnp.zeros(P))
-  for jacobian, values in zip(jacobians, task_losses):
-    update, state = aggregator.update(jnp.asarray(jacobian), state, task_losses=jnp.asarray(values))
+  jacobians, task_losses, update, state = _over_steps(losses.aggregation.moco(num_tasks=N_TASKS, **options), 4)
   defaults = dict(beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rho=0.0)
   expected, weights, tracking = _libmtl_moco(jacobians, task_losses, **{**defaults, **options})
   np.testing.assert_allclose(update, expected, rtol=1e-12)
