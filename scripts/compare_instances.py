@@ -25,36 +25,35 @@ _SEEDS = flags.DEFINE_list("seeds", [], "Seeds that replace `{seed}` in the work
 
 SPLITS = [("distinguishable/", "touching, distinguishable"), ("indistinguishable/", "touching, indistinguishable"),
           ("separate/", "other scenes"), ("", "all scenes")]
-SHIP_COLUMNS = [(split, f"F2, {title}", "{:.3f}") for split, title in SPLITS]
+SHIP_COLUMNS = [(f"{split}f2", f"F2, {title}", "{:.3f}") for split, title in SPLITS]
 DSB2018_COLUMNS = [("pooled_ap50", "pooled AP@0.5", "{:.3f}"), ("pooled_ap75", "pooled AP@0.75", "{:.3f}"),
                    ("pooled_ap90", "pooled AP@0.9", "{:.3f}"), ("ap", "Kaggle mean AP", "{:.3f}"),
                    ("f2", "F2", "{:.3f}")]
 BASELINES = (("connected_components", "connected components"), ("watershed", "watershed"))
 
 
-def method_scores(workdir: str, method: str) -> dict[str, float]:
-  """`{column key: score}` of `method` in the final evaluation of the run in `workdir`."""
+def method_scores(workdir: str, method: str, columns: list[tables.Column]) -> dict[str, float]:
+  """`{column key: score}` of `method` in the final evaluation of the run in `workdir`: the metric
+  "<key>_<method>" of each column."""
   metrics = tables.final_eval(workdir)
-  if rundir.read_config(workdir).data_source == "dsb2018":
-    return {key: metrics[f"{key}_{method}"] for key, _, _ in DSB2018_COLUMNS}
-  return {split: metrics[f"{split}f2_{method}"] for split, _ in SPLITS}
+  return {key: metrics[f"{key}_{method}"] for key, _, _ in columns}
 
 
 def main(argv):
   del argv
   runs = tables.read_runs(_RUNS.value, _SEEDS.value)
   nuclei = rundir.read_config(runs[0][1][0]).data_source == "dsb2018"
+  columns = DSB2018_COLUMNS if nuclei else SHIP_COLUMNS
   rows = []
   for label, workdirs in runs:
-    rows.append((label, [method_scores(path, rundir.read_config(path).method) for path in workdirs]))
+    rows.append((label, [method_scores(path, rundir.read_config(path).method, columns) for path in workdirs]))
     if nuclei:
-      rows.extend((f"{name} (its foreground)", [method_scores(path, method) for path in workdirs])
+      rows.extend((f"{name} (its foreground)", [method_scores(path, method, columns) for path in workdirs])
                   for method, name in BASELINES)
   if not nuclei:
     first_label, first_runs = runs[0]
     rows.append((f"connected components (foreground of the {first_label} runs)",
-                 [method_scores(path, "connected_components") for path in first_runs]))
-  columns = DSB2018_COLUMNS if nuclei else SHIP_COLUMNS
+                 [method_scores(path, "connected_components", columns) for path in first_runs]))
   steps = {tables.final_eval(path)["step"] for _, workdirs in runs for path in workdirs}
   print(f"After {', '.join(map(str, sorted(steps)))} steps; runs per row: "
         f"{', '.join(str(len(records)) for _, records in rows)}.\n")
