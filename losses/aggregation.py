@@ -567,6 +567,11 @@ def _gram(rows, others=None) -> jax.Array:
   return _total([jnp.matmul(row, other.T, precision=_HIGHEST) for row, other in zip(rows, others)])
 
 
+def _row_norms(rows) -> jax.Array:
+  """‖gᵢ‖ (N,) of the rows split over the (N, size) leaves `rows`."""
+  return jnp.sqrt(_total([jnp.sum(row ** 2, axis=1) for row in rows]))
+
+
 def _increment(count: jax.Array) -> jax.Array:
   return jnp.where(count < jnp.iinfo(jnp.int32).max, count + 1, count)
 
@@ -1617,7 +1622,7 @@ def db_mtl(*, beta: float = 0.9, beta_sigma: float = 0.0, num_tasks: int | None 
     decay = _decayed(beta, beta_sigma, count, rows[0].dtype)
     buffers = [decay * buffer + (1.0 - decay) * row / (task_losses[:, None] + 1e-8)
                for buffer, row in zip(_rows_of(state.buffer, rows), rows)]
-    norms = jnp.sqrt(_total([jnp.sum(buffer ** 2, axis=1) for buffer in buffers]))
+    norms = _row_norms(buffers)
     scales = jnp.max(norms) / (norms + 1e-8)
     return ([jnp.matmul(scales, buffer, precision=_HIGHEST) for buffer in buffers],
             DBMTLState(count, _tree_of(buffers, state.buffer)))
@@ -1668,7 +1673,7 @@ def moco(*, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1, gamm
     dtype = rows[0].dtype
     task_losses = _task_losses(task_losses, n, dtype, "moco")
     count = _increment(state.count)
-    norms = jnp.sqrt(jnp.maximum(jnp.diag(_gram(rows)), 0.0))
+    norms = _row_norms(rows)
     scales = task_losses / (norms + 1e-8)
     step = _decayed(beta, beta_sigma, count, dtype)
     tracking = [y - step * (y - scales[:, None] * row) for y, row in zip(_rows_of(state.tracking, rows), rows)]
